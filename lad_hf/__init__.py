@@ -1,0 +1,38 @@
+"""lad_hf: Label Assisted Distillation (LAD) for semantic segmentation, the Hugging Face way."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from transformers import AutoConfig, AutoModelForSemanticSegmentation
+
+from .configuration_lad_seg import LadSegConfig
+from .label_channel import add_label_channel, build_teacher_inputs
+from .labels import check_labels
+from .losses import channel_wise_divergence, dual_path_consistency, pixel_wise_divergence
+from .metrics import SegmentationMetric, predictions_from_logits
+from .modeling_lad_seg import LadSegForSemanticSegmentation, LadSegPreTrainedModel
+from .noising import LabelNoiser
+
+
+try:
+    __version__ = version("lad-hf")
+except PackageNotFoundError:  # imported from a source tree that was not installed
+    __version__ = "0.0.0"
+
+AutoConfig.register(LadSegConfig.model_type, LadSegConfig, exist_ok=True)
+AutoModelForSemanticSegmentation.register(LadSegConfig, LadSegForSemanticSegmentation, exist_ok=True)
+
+__all__ = [
+    "LabelNoiser",
+    "LadSegConfig",
+    "LadSegForSemanticSegmentation",
+    "LadSegPreTrainedModel",
+    "SegmentationMetric",
+    "__version__",
+    "add_label_channel",
+    "build_teacher_inputs",
+    "channel_wise_divergence",
+    "check_labels",
+    "dual_path_consistency",
+    "pixel_wise_divergence",
+    "predictions_from_logits",
+]

@@ -1,0 +1,277 @@
+"""The LAD paper's segmentation models (FCN, PSPNet, DeepLabV3, OCRNet) on any transformers backbone.
+
+Architectures follow the code the paper builds on (CIRKD): dilated ResNets with output stride 8, PSP bins 1/2/3/6,
+ASPP rates 12/24/36 with image pooling, and an FCN auxiliary head on the penultimate stage (loss weight 0.4).
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.backbone_utils import load_backbone
+from transformers.modeling_outputs import SemanticSegmenterOutput
+
+from .configuration_lad_seg import LadSegConfig
+from .labels import check_labels
+
+
+class ConvBNReLU(nn.Sequential):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1):
+        super().__init__(
+            nn.Conv2d(
+                in_channels,
+                out_channels,
+                kernel_size,
+                padding=dilation * (kernel_size // 2),
+                dilation=dilation,
+                bias=False,
+            ),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class FCNHead(nn.Module):
+    """3x3 conv, dropout, 1x1 classifier (FCN; also the auxiliary head)."""
+
+    def __init__(self, in_channels: int, channels: int, num_labels: int, dropout: float):
+        super().__init__()
+        self.conv = ConvBNReLU(in_channels, channels, 3)
+        self.dropout = nn.Dropout2d(dropout)
+        self.classifier = nn.Conv2d(channels, num_labels, 1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(self.conv(features)))
+
+
+class PyramidPoolingHead(nn.Module):
+    """PSPNet: average-pool to each bin size, 1x1 conv to in/len(bins), upsample, concat with the input, 3x3 conv."""
+
+    def __init__(self, in_channels: int, channels: int, num_labels: int, bins: list[int], dropout: float):
+        super().__init__()
+        branch_channels = in_channels // len(bins)
+        self.stages = nn.ModuleList(
+            nn.Sequential(nn.AdaptiveAvgPool2d(size), ConvBNReLU(in_channels, branch_channels)) for size in bins
+        )
+        self.bottleneck = ConvBNReLU(in_channels + len(bins) * branch_channels, channels, 3)
+        self.dropout = nn.Dropout2d(dropout)
+        self.classifier = nn.Conv2d(channels, num_labels, 1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        size = features.shape[-2:]
+        pyramid = [features] + [
+            F.interpolate(stage(features), size=size, mode="bilinear", align_corners=False) for stage in self.stages
+        ]
+        return self.classifier(self.dropout(self.bottleneck(torch.cat(pyramid, dim=1))))
+
+
+class ASPPHead(nn.Module):
+    """DeepLabV3: ASPP (1x1, dilated 3x3 branches, image pooling), 1x1 projection, 3x3 conv, classifier."""
+
+    def __init__(self, in_channels: int, channels: int, num_labels: int, rates: list[int], dropout: float):
+        super().__init__()
+        self.branches = nn.ModuleList(
+            [ConvBNReLU(in_channels, channels)] + [ConvBNReLU(in_channels, channels, 3, rate) for rate in rates]
+        )
+        self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), ConvBNReLU(in_channels, channels))
+        self.project = nn.Sequential(ConvBNReLU((len(rates) + 2) * channels, channels), nn.Dropout(0.5))
+        self.conv = ConvBNReLU(channels, channels, 3)
+        self.dropout = nn.Dropout2d(dropout)
+        self.classifier = nn.Conv2d(channels, num_labels, 1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        pooled = self.image_pool(features).expand(-1, -1, *features.shape[-2:])
+        aspp = torch.cat([branch(features) for branch in self.branches] + [pooled], dim=1)
+        return self.classifier(self.dropout(self.conv(self.project(aspp))))
+
+
+class ObjectContextHead(nn.Module):
+    """OCRNet: pixels attend to object-region representations pooled with the soft regions of the auxiliary head."""
+
+    def __init__(self, in_channels: int, channels: int, key_channels: int, num_labels: int, dropout: float):
+        super().__init__()
+        self.bottleneck = ConvBNReLU(in_channels, channels, 3)
+        self.query = nn.Sequential(ConvBNReLU(channels, key_channels), ConvBNReLU(key_channels, key_channels))
+        self.key = nn.Sequential(ConvBNReLU(channels, key_channels), ConvBNReLU(key_channels, key_channels))
+        self.value = ConvBNReLU(channels, key_channels)
+        self.out = ConvBNReLU(key_channels, channels)
+        self.fuse = ConvBNReLU(2 * channels, channels)
+        self.dropout = nn.Dropout2d(dropout)
+        self.classifier = nn.Conv2d(channels, num_labels, 1)
+        self.key_channels = key_channels
+
+    def forward(self, features: torch.Tensor, object_regions: torch.Tensor) -> torch.Tensor:
+        pixels = self.bottleneck(features)
+        batch_size, _, height, width = pixels.shape
+        if object_regions.shape[-2:] != pixels.shape[-2:]:
+            object_regions = F.interpolate(object_regions, size=(height, width), mode="bilinear", align_corners=False)
+        region_weights = object_regions.flatten(2).softmax(dim=-1)  # (B, K, HW)
+        regions = torch.bmm(region_weights, pixels.flatten(2).transpose(1, 2))  # (B, K, C)
+        regions = regions.transpose(1, 2).unsqueeze(-1)  # (B, C, K, 1)
+        query = self.query(pixels).flatten(2).transpose(1, 2)  # (B, HW, D)
+        key = self.key(regions).flatten(2)  # (B, D, K)
+        value = self.value(regions).flatten(2).transpose(1, 2)  # (B, K, D)
+        attention = torch.bmm(query, key).div(math.sqrt(self.key_channels)).softmax(dim=-1)  # (B, HW, K)
+        context = torch.bmm(attention, value).transpose(1, 2).reshape(batch_size, -1, height, width)
+        fused = self.fuse(torch.cat([self.out(context), pixels], dim=1))
+        return self.classifier(self.dropout(fused))
+
+
+def dilate_resnet(backbone: nn.Module, output_stride: int) -> None:
+    """Give a transformers `ResNetBackbone` an output stride of 8 or 16 by dilating its last stages in place.
+
+    As in the paper's dilated ResNets: a dilated stage's strides become 1 and its 3x3 convs get dilation 2 (stride 16
+    stage) or 4 (stride 32 stage), except the first 3x3 of its first block, which keeps the previous dilation.
+    Weights are untouched, so pretrained weights stay valid.
+    """
+    current_stride, dilation = 4, 1  # the stem: a stride-2 conv and a stride-2 max pool
+    for stage in backbone.encoder.stages:
+        convs = [module for module in stage.modules() if isinstance(module, nn.Conv2d)]
+        stage_stride = max(conv.stride[0] for conv in convs)
+        if current_stride * stage_stride <= output_stride:
+            current_stride *= stage_stride
+            continue
+        previous, dilation = dilation, dilation * stage_stride
+        first_3x3 = True
+        for conv in convs:
+            conv.stride = (1, 1)
+            if conv.kernel_size == (3, 3):
+                rate = previous if first_3x3 else dilation
+                conv.dilation, conv.padding = (rate, rate), (rate, rate)
+                first_3x3 = False
+
+
+class LadSegPreTrainedModel(PreTrainedModel):
+    config: LadSegConfig
+    base_model_prefix = "lad_seg"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    # The model computes its own loss; the Trainer must not rescale it for gradient accumulation.
+    accepts_loss_kwargs = False
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Conv2d):
+            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        else:
+            super()._init_weights(module)
+
+
+class LadSegForSemanticSegmentation(LadSegPreTrainedModel):
+    """A transformers backbone with one decode head of the LAD paper's zoo and an optional FCN auxiliary head.
+
+    `forward(pixel_values, labels=None)` returns a `SemanticSegmenterOutput` whose `logits` have the resolution of the
+    last backbone stage (1/8 of the input for the default dilated ResNets), like Segformer's; upsample them for
+    predictions. With `labels`, `loss` is the cross-entropy of the upsampled logits plus `auxiliary_loss_weight` times
+    that of the auxiliary head.
+    """
+
+    def __init__(self, config: LadSegConfig):
+        super().__init__(config)
+        self.backbone = load_backbone(config)
+        if config.output_stride is not None and config.output_stride < 32:
+            dilate_resnet(self.backbone, config.output_stride)
+        penultimate_channels, last_channels = self.backbone.channels[-2:]
+        num_labels, dropout = config.num_labels, config.dropout
+
+        head, channels = config.decode_head, config.decode_channels
+        if head == "fcn":
+            self.decode_head = FCNHead(last_channels, channels or last_channels // 4, num_labels, dropout)
+        elif head == "psp":
+            channels = channels or last_channels // 4
+            self.decode_head = PyramidPoolingHead(last_channels, channels, num_labels, config.psp_bins, dropout)
+        elif head == "aspp":
+            channels = channels or (128 if last_channels <= 512 else 256)
+            self.decode_head = ASPPHead(last_channels, channels, num_labels, config.aspp_rates, dropout)
+        else:
+            self.decode_head = ObjectContextHead(
+                last_channels, channels or 512, config.ocr_key_channels, num_labels, dropout
+            )
+        self.auxiliary_head = (
+            FCNHead(penultimate_channels, penultimate_channels // 4, num_labels, dropout)
+            if config.use_auxiliary_head
+            else None
+        )
+        self.post_init()
+        if config.use_pretrained_backbone:
+            self._load_pretrained_backbone()
+
+    def _load_pretrained_backbone(self) -> None:
+        # The backbone's own class: AutoBackbone.from_pretrained takes local folders for timm names.
+        pretrained = type(self.backbone).from_pretrained(
+            self.config.backbone, out_features=self.config.backbone_config.out_features
+        )
+        state_dict = pretrained.state_dict()
+        if self.config.num_channels != pretrained.config.num_channels:
+            raise ValueError(
+                f"The pretrained backbone takes {pretrained.config.num_channels} input channels, this model "
+                f"{self.config.num_channels}. Build the model with the backbone's channels, then widen it with "
+                "`lad_hf.add_label_channel`."
+            )
+        self.backbone.load_state_dict(state_dict)
+        # The weights are now the model's own: a saved copy must not load them again over its trained weights.
+        self.config.use_pretrained_backbone = False
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SemanticSegmenterOutput | tuple:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+                Normalised images; a LAD teacher takes the noised label as a 4th channel.
+            labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
+                Class ids in `[0, num_labels)` or `config.loss_ignore_index`.
+            output_hidden_states (`bool`, *optional*): Return the backbone feature maps the heads read.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.num_channels:
+            raise ValueError(
+                f"pixel_values must have shape (batch_size, {self.config.num_channels}, height, width), got "
+                f"{tuple(pixel_values.shape)}. A LAD teacher takes the image plus the noised label channel: build its "
+                "input with `lad_hf.build_teacher_inputs`."
+            )
+        if labels is not None:
+            check_labels(
+                labels,
+                self.config.num_labels,
+                self.config.loss_ignore_index,
+                spatial_size=pixel_values.shape[-2:],
+                batch_size=pixel_values.shape[0],
+            )
+        features = self.backbone(pixel_values).feature_maps
+        auxiliary_logits = self.auxiliary_head(features[-2]) if self.auxiliary_head is not None else None
+        if self.config.decode_head == "ocr":
+            logits = self.decode_head(features[-1], auxiliary_logits)
+        else:
+            logits = self.decode_head(features[-1])
+
+        loss = None
+        if labels is not None:
+            loss = self._cross_entropy(logits, labels)
+            if auxiliary_logits is not None:
+                loss = loss + self.config.auxiliary_loss_weight * self._cross_entropy(auxiliary_logits, labels)
+
+        hidden_states = tuple(features) if output_hidden_states else None
+        if not return_dict:
+            output = (logits, hidden_states) if output_hidden_states else (logits,)
+            return ((loss,) + output) if loss is not None else output
+        return SemanticSegmenterOutput(loss=loss, logits=logits, hidden_states=hidden_states)
+
+    def _cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        upsampled = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        ignore_index = self.config.loss_ignore_index
+        # The mean over labelled pixels; a crop with none gives 0 where the "mean" reduction would give NaN.
+        total = F.cross_entropy(upsampled, labels, ignore_index=ignore_index, reduction="sum")
+        return total / (labels != ignore_index).sum().clamp(min=1)
+
+
+__all__ = ["LadSegForSemanticSegmentation", "LadSegPreTrainedModel"]
