@@ -201,18 +201,18 @@ class LadSegForSemanticSegmentation(LadSegPreTrainedModel):
             self._load_pretrained_backbone()
 
     def _load_pretrained_backbone(self) -> None:
-        # The backbone's own class: AutoBackbone.from_pretrained takes local folders for timm names.
+        # The backbone's own class: AutoBackbone.from_pretrained takes any id it cannot find on the Hub, local
+        # folders included, for a timm model name.
         pretrained = type(self.backbone).from_pretrained(
             self.config.backbone, out_features=self.config.backbone_config.out_features
         )
-        state_dict = pretrained.state_dict()
         if self.config.num_channels != pretrained.config.num_channels:
             raise ValueError(
                 f"The pretrained backbone takes {pretrained.config.num_channels} input channels, this model "
                 f"{self.config.num_channels}. Build the model with the backbone's channels, then widen it with "
                 "`lad_hf.add_label_channel`."
             )
-        self.backbone.load_state_dict(state_dict)
+        self.backbone.load_state_dict(pretrained.state_dict())
         # The weights are now the model's own: a saved copy must not load them again over its trained weights.
         self.config.use_pretrained_backbone = False
 
@@ -222,7 +222,6 @@ class LadSegForSemanticSegmentation(LadSegPreTrainedModel):
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
     ) -> SemanticSegmenterOutput | tuple:
         r"""
         Args:

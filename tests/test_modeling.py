@@ -188,3 +188,28 @@ def test_bad_inputs_raise_clear_errors():
         model(pixel_values, labels=labels[:1])
     with pytest.raises(ValueError, match=r"\(batch_size, 3, height, width\)"):
         model(torch.randn(2, 4, 32, 32))
+
+
+def test_trains_with_the_trainer(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    model = LadSegForSemanticSegmentation(tiny_lad_seg_config("aspp"))
+    samples = []
+    for _ in range(8):
+        pixel_values, labels = batch(batch_size=1)
+        samples.append({"pixel_values": pixel_values[0], "labels": labels[0]})
+    args = TrainingArguments(
+        tmp_path,
+        max_steps=2,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        logging_steps=1,
+        report_to="none",
+        use_cpu=True,
+    )
+    before = model.decode_head.classifier.weight.detach().clone()
+    trainer = Trainer(model=model, args=args, train_dataset=samples)
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 2 and all(0 < loss < 10 for loss in losses)
+    assert not torch.equal(before, model.decode_head.classifier.weight)
