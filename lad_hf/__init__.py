@@ -5,12 +5,23 @@ from importlib.metadata import PackageNotFoundError, version
 from transformers import AutoConfig, AutoModelForSemanticSegmentation
 
 from .configuration_lad_seg import LadSegConfig
+from .distillation_config import DistillationConfig
+from .distillation_trainer import DistillationTrainer
 from .label_channel import add_label_channel, build_teacher_inputs
 from .labels import check_labels
-from .losses import channel_wise_divergence, dual_path_consistency, pixel_wise_divergence
+from .lad_teacher_config import LadTeacherConfig
+from .lad_teacher_trainer import LadTeacherTrainer
+from .losses import (
+    channel_wise_divergence,
+    dual_path_consistency,
+    noise_stability,
+    pixel_wise_divergence,
+    segmentation_cross_entropy,
+)
 from .metrics import SegmentationMetric, predictions_from_logits
-from .modeling_lad_seg import LadSegForSemanticSegmentation, LadSegPreTrainedModel
+from .modeling_lad_seg import LadSegForSemanticSegmentation, LadSegOutput, LadSegPreTrainedModel
 from .noising import LabelNoiser
+from .segmentation_trainer import SegmentationConfig, SegmentationTrainer
 
 
 try:
@@ -22,17 +33,26 @@ AutoConfig.register(LadSegConfig.model_type, LadSegConfig, exist_ok=True)
 AutoModelForSemanticSegmentation.register(LadSegConfig, LadSegForSemanticSegmentation, exist_ok=True)
 
 __all__ = [
+    "DistillationConfig",
+    "DistillationTrainer",
     "LabelNoiser",
     "LadSegConfig",
     "LadSegForSemanticSegmentation",
+    "LadSegOutput",
     "LadSegPreTrainedModel",
+    "LadTeacherConfig",
+    "LadTeacherTrainer",
+    "SegmentationConfig",
     "SegmentationMetric",
+    "SegmentationTrainer",
     "__version__",
     "add_label_channel",
     "build_teacher_inputs",
     "channel_wise_divergence",
     "check_labels",
     "dual_path_consistency",
+    "noise_stability",
     "pixel_wise_divergence",
     "predictions_from_logits",
+    "segmentation_cross_entropy",
 ]

@@ -1,6 +1,7 @@
 """Configuration of `LadSegForSemanticSegmentation`: the LAD paper's segmentation zoo on transformers backbones."""
 
 import copy
+from typing import ClassVar
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig, ResNetConfig
@@ -50,6 +51,9 @@ class LadSegConfig(PreTrainedConfig):
         auxiliary_loss_weight (`float`, *optional*, defaults to 0.4): Weight of its cross-entropy.
         num_channels (`int`, *optional*, defaults to 3): Input channels; a LAD teacher has 4 (image + label channel).
         label_noiser (`dict`, *optional*): The `LabelNoiser` settings a LAD teacher was trained with.
+        label_stem_channels (`int`, *optional*): A LAD teacher reads its label channel (the last input channel) with
+            a separate small stem of this width (`LabelStemConv`, an addition of lad_hf); `None` reads it as one
+            more channel of the input convolution, as the paper does.
         loss_ignore_index (`int`, *optional*, defaults to 255): Label id left out of the loss.
 
     Example:
@@ -61,6 +65,8 @@ class LadSegConfig(PreTrainedConfig):
     """
 
     model_type = "lad_seg"
+    # The Trainer leaves these out of the predictions it gathers at evaluation.
+    keys_to_ignore_at_inference: ClassVar[list[str]] = ["hidden_states", "auxiliary_logits"]
     sub_configs_defaults = {"backbone_config": SubConfigSpec(config_class=AutoConfig, model_type="resnet")}
 
     backbone: str | PreTrainedConfig | None = None
@@ -77,6 +83,7 @@ class LadSegConfig(PreTrainedConfig):
     auxiliary_loss_weight: float = 0.4
     num_channels: int = 3
     label_noiser: dict | None = None
+    label_stem_channels: int | None = None
     loss_ignore_index: int = 255
 
     def __post_init__(self, **kwargs):
@@ -114,6 +121,8 @@ class LadSegConfig(PreTrainedConfig):
                 "output_stride applies to ResNet backbones only; a "
                 f"{self.backbone_config.model_type} backbone keeps its own stride. Leave output_stride=None."
             )
+        if self.label_stem_channels is not None and self.num_channels < 2:
+            raise ValueError("label_stem_channels needs the label as the last of at least 2 input channels.")
         # The heads read the last stage, the auxiliary head the one before it.
         self.backbone_config.out_features = self.backbone_config.stage_names[-2:]
         self.backbone_config.num_channels = self.num_channels

@@ -1,30 +1,22 @@
 """Making any segmentation model a LAD teacher: one more input channel for the noised label."""
 
 import torch
-from torch import nn
 from transformers import PreTrainedModel
 
+from .input_stem import attach_label_stem, widen_input_stem
+from .modeling_lad_seg import LadSegForSemanticSegmentation
 from .noising import LabelNoiser
 
 
 __all__ = ["add_label_channel", "build_teacher_inputs"]
 
 
-def _input_stem(model: nn.Module, num_channels: int) -> tuple[str, nn.Conv2d]:
-    """The first convolution that reads the image: the first `Conv2d` in module order with `num_channels` inputs."""
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d) and module.in_channels == num_channels:
-            return name, module
-    raise ValueError(
-        f"Found no Conv2d with {num_channels} input channels in {type(model).__name__}: add_label_channel widens the "
-        "convolution that reads the image, and this model has none it can find."
-    )
+def add_label_channel(
+    model: PreTrainedModel, noiser: LabelNoiser, label_stem_channels: int | None = None
+) -> PreTrainedModel:
+    """Give a segmentation model one more input channel, for the noised label of a LAD teacher (in place).
 
-
-def add_label_channel(model: PreTrainedModel, noiser: LabelNoiser) -> PreTrainedModel:
-    """Widen a segmentation model's input stem by one channel, for the noised label of a LAD teacher (in place).
-
-    The stem convolution keeps its RGB filters and gets zero filters for the new channel, so the widened model's
+    The input convolution keeps its image filters and gets zero filters for the new channel, so the widened model's
     outputs equal the original's at step 0 whatever the label channel holds. The config records the new
     `num_channels` (also on its `backbone_config`, if any) and the noiser's settings as `label_noiser`; both survive
     `save_pretrained` / `from_pretrained`, so a loaded teacher rebuilds its noiser with `LabelNoiser.from_config`.
@@ -35,12 +27,15 @@ def add_label_channel(model: PreTrainedModel, noiser: LabelNoiser) -> PreTrained
     Args:
         model (`PreTrainedModel`): The model to widen.
         noiser (`LabelNoiser`): The label noising module the teacher will be trained with.
+        label_stem_channels (`int`, *optional*): Read the label channel with a separate small stem of this width
+            (`LabelStemConv`, an addition of lad_hf, not the paper's) instead of one more filter channel of the
+            input convolution. `LadSegForSemanticSegmentation` only, whose config rebuilds it.
 
     Returns:
         The same model, widened.
     """
     config = model.config
-    old_channels = config.num_channels
+    image_channels = config.num_channels
     if getattr(config, "label_noiser", None) is not None:
         raise ValueError(f"{type(model).__name__} already has a label channel (config.label_noiser is set).")
     if noiser.num_labels != config.num_labels:
@@ -48,39 +43,20 @@ def add_label_channel(model: PreTrainedModel, noiser: LabelNoiser) -> PreTrained
             f"The noiser encodes {noiser.num_labels} classes but the model predicts {config.num_labels}; "
             "build the LabelNoiser with num_labels=model.config.num_labels."
         )
-    name, conv = _input_stem(model, old_channels)
-    if conv.groups != 1:
-        raise ValueError(f"Input stem {name} is a grouped convolution (groups={conv.groups}): it cannot be widened.")
-    wide = nn.Conv2d(
-        old_channels + 1,
-        conv.out_channels,
-        conv.kernel_size,
-        stride=conv.stride,
-        padding=conv.padding,
-        dilation=conv.dilation,
-        bias=conv.bias is not None,
-        padding_mode=conv.padding_mode,
-        device=conv.weight.device,
-        dtype=conv.weight.dtype,
-    )
-    with torch.no_grad():
-        wide.weight.zero_()
-        wide.weight[:, :old_channels] = conv.weight
-        if conv.bias is not None:
-            wide.bias.copy_(conv.bias)
-
-    parent_name, _, attribute = name.rpartition(".")
-    setattr(model.get_submodule(parent_name), attribute, wide)
-    # Modules on the way to the stem that check the input's channel count (e.g. ResNet and DINOv2 embeddings).
-    path = name.split(".")
-    for depth in range(len(path)):
-        module = model.get_submodule(".".join(path[:depth]))
-        if getattr(module, "num_channels", None) == old_channels:
-            module.num_channels = old_channels + 1
-    config.num_channels = old_channels + 1
+    if label_stem_channels is None:
+        widen_input_stem(model, image_channels)
+    elif isinstance(model, LadSegForSemanticSegmentation):
+        attach_label_stem(model.backbone, image_channels, image_channels, label_stem_channels)
+        config.label_stem_channels = label_stem_channels
+    else:
+        raise ValueError(
+            f"label_stem_channels needs a model whose config rebuilds the label stem (LadSegForSemanticSegmentation); "
+            f"{type(model).__name__} can take the label channel as one more input channel (label_stem_channels=None)."
+        )
+    config.num_channels = image_channels + 1
     backbone_config = getattr(config, "backbone_config", None)
     if backbone_config is not None:
-        backbone_config.num_channels = old_channels + 1
+        backbone_config.num_channels = image_channels + 1
     config.label_noiser = noiser.to_dict()
     return model
 

@@ -6,7 +6,31 @@ import torch.nn.functional as F
 from .labels import check_labels
 
 
-__all__ = ["channel_wise_divergence", "dual_path_consistency", "pixel_wise_divergence"]
+__all__ = [
+    "channel_wise_divergence",
+    "dual_path_consistency",
+    "noise_stability",
+    "pixel_wise_divergence",
+    "segmentation_cross_entropy",
+]
+
+
+def segmentation_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+    """Cross-entropy of logits upsampled (bilinearly) to the labels' size, averaged over labelled pixels.
+
+    Args:
+        logits (`torch.Tensor` of shape `(N, C, h, w)`): Class scores, at any resolution.
+        labels (`torch.LongTensor` of shape `(N, H, W)`): Class ids or `ignore_index`.
+        ignore_index (`int`, *optional*, defaults to 255): The id of unlabelled pixels.
+
+    Returns:
+        A scalar tensor; 0 for a batch with no labelled pixel, where the "mean" reduction of `F.cross_entropy` gives
+        NaN.
+    """
+    if logits.shape[-2:] != labels.shape[-2:]:
+        logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    total = F.cross_entropy(_at_least_float32(logits), labels, ignore_index=ignore_index, reduction="sum")
+    return total / (labels != ignore_index).sum().clamp(min=1)
 
 
 def _at_least_float32(logits: torch.Tensor) -> torch.Tensor:
@@ -124,3 +148,24 @@ def dual_path_consistency(
     return channel_wise_divergence(logits_1, logits_2.detach(), temperature) + channel_wise_divergence(
         logits_2, logits_1.detach(), temperature
     )
+
+
+def noise_stability(logits: list[torch.Tensor]) -> torch.Tensor:
+    r"""The stability of a LAD teacher under label noise (paper Table 8), per image.
+
+    The mean over ordered pairs `k != j` of the pixel-wise `KL(softmax(O^k) || softmax(O^j))` (softmax over classes),
+    averaged over pixels, for the outputs `O^1 .. O^m` of the same images under `m` independent label noisings.
+    Lower is more stable; dual-path training must lower it.
+
+    Args:
+        logits (`list[torch.Tensor]`, each of shape `(N, C, H, W)`): At least 2 outputs for the same images.
+
+    Returns:
+        `torch.Tensor` of shape `(N,)`.
+    """
+    if len(logits) < 2:
+        raise ValueError(f"noise_stability compares outputs under several noisings: got {len(logits)}.")
+    log_probs = [F.log_softmax(_at_least_float32(x), dim=1) for x in logits]
+    pairs = [(k, j) for k in range(len(logits)) for j in range(len(logits)) if k != j]
+    kl = sum((log_probs[k].exp() * (log_probs[k] - log_probs[j])).sum(dim=1).mean(dim=(1, 2)) for k, j in pairs)
+    return kl / len(pairs)

@@ -5,6 +5,7 @@ ASPP rates 12/24/36 with image pooling, and an FCN auxiliary head on the penulti
 """
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +16,20 @@ from transformers.backbone_utils import load_backbone
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
 from .configuration_lad_seg import LadSegConfig
+from .input_stem import attach_label_stem
 from .labels import check_labels
+from .losses import segmentation_cross_entropy
+
+
+@dataclass
+class LadSegOutput(SemanticSegmenterOutput):
+    r"""
+    auxiliary_logits (`torch.FloatTensor` of shape `(batch_size, num_labels, height, width)`, *optional*):
+        The auxiliary head's logits, returned in training mode (for losses computed outside the model, as in
+        distillation) and by OCR heads, which read them.
+    """
+
+    auxiliary_logits: torch.FloatTensor | None = None
 
 
 class ConvBNReLU(nn.Sequential):
@@ -164,10 +178,10 @@ class LadSegPreTrainedModel(PreTrainedModel):
 class LadSegForSemanticSegmentation(LadSegPreTrainedModel):
     """A transformers backbone with one decode head of the LAD paper's zoo and an optional FCN auxiliary head.
 
-    `forward(pixel_values, labels=None)` returns a `SemanticSegmenterOutput` whose `logits` have the resolution of the
-    last backbone stage (1/8 of the input for the default dilated ResNets), like Segformer's; upsample them for
-    predictions. With `labels`, `loss` is the cross-entropy of the upsampled logits plus `auxiliary_loss_weight` times
-    that of the auxiliary head.
+    `forward(pixel_values, labels=None)` returns a `LadSegOutput` (a `SemanticSegmenterOutput`) whose `logits` have
+    the resolution of the last backbone stage (1/8 of the input for the default dilated ResNets), like Segformer's;
+    upsample them for predictions. With `labels`, `loss` is the cross-entropy of the upsampled logits plus
+    `auxiliary_loss_weight` times that of the auxiliary head.
     """
 
     def __init__(self, config: LadSegConfig):
@@ -197,6 +211,8 @@ class LadSegForSemanticSegmentation(LadSegPreTrainedModel):
             else None
         )
         self.post_init()
+        if config.label_stem_channels is not None:
+            attach_label_stem(self.backbone, config.num_channels, config.num_channels - 1, config.label_stem_channels)
         if config.use_pretrained_backbone:
             self._load_pretrained_backbone()
 
@@ -222,7 +238,7 @@ class LadSegForSemanticSegmentation(LadSegPreTrainedModel):
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-    ) -> SemanticSegmenterOutput | tuple:
+    ) -> LadSegOutput | tuple:
         r"""
         Args:
             pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
@@ -247,7 +263,12 @@ class LadSegForSemanticSegmentation(LadSegPreTrainedModel):
                 batch_size=pixel_values.shape[0],
             )
         features = self.backbone(pixel_values).feature_maps
-        auxiliary_logits = self.auxiliary_head(features[-2]) if self.auxiliary_head is not None else None
+        auxiliary_logits = None
+        # Inference skips the auxiliary head unless the OCR head reads it or a loss needs it.
+        if self.auxiliary_head is not None and (
+            self.training or labels is not None or self.config.decode_head == "ocr"
+        ):
+            auxiliary_logits = self.auxiliary_head(features[-2])
         if self.config.decode_head == "ocr":
             logits = self.decode_head(features[-1], auxiliary_logits)
         else:
@@ -255,22 +276,15 @@ class LadSegForSemanticSegmentation(LadSegPreTrainedModel):
 
         loss = None
         if labels is not None:
-            loss = self._cross_entropy(logits, labels)
+            ignore_index = self.config.loss_ignore_index
+            loss = segmentation_cross_entropy(logits, labels, ignore_index)
             if auxiliary_logits is not None:
-                loss = loss + self.config.auxiliary_loss_weight * self._cross_entropy(auxiliary_logits, labels)
+                weight = self.config.auxiliary_loss_weight
+                loss = loss + weight * segmentation_cross_entropy(auxiliary_logits, labels, ignore_index)
 
         hidden_states = tuple(features) if output_hidden_states else None
-        if not return_dict:
-            output = (logits, hidden_states) if output_hidden_states else (logits,)
-            return ((loss,) + output) if loss is not None else output
-        return SemanticSegmenterOutput(loss=loss, logits=logits, hidden_states=hidden_states)
-
-    def _cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        upsampled = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-        ignore_index = self.config.loss_ignore_index
-        # The mean over labelled pixels; a crop with none gives 0 where the "mean" reduction would give NaN.
-        total = F.cross_entropy(upsampled, labels, ignore_index=ignore_index, reduction="sum")
-        return total / (labels != ignore_index).sum().clamp(min=1)
+        output = LadSegOutput(loss=loss, logits=logits, hidden_states=hidden_states, auxiliary_logits=auxiliary_logits)
+        return output if return_dict else output.to_tuple()
 
 
-__all__ = ["LadSegForSemanticSegmentation", "LadSegPreTrainedModel"]
+__all__ = ["LadSegForSemanticSegmentation", "LadSegOutput", "LadSegPreTrainedModel"]

@@ -1,8 +1,10 @@
 import pytest
 import torch
-from transformers import Dinov2Config, ResNetConfig
+from torch import nn
+from transformers import Dinov2Config, PretrainedConfig, PreTrainedModel, ResNetConfig
+from transformers.modeling_outputs import SemanticSegmenterOutput
 
-from lad_hf import LadSegConfig
+from lad_hf import LadSegConfig, LadSegForSemanticSegmentation, segmentation_cross_entropy
 
 
 def tiny_resnet(layer_type: str = "basic") -> ResNetConfig:
@@ -26,3 +28,58 @@ def tiny_lad_seg_config(decode_head: str = "aspp", num_labels: int = 3, **kwargs
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def split_scenes(num_samples: int, size: int = 48, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """A task where the label's grouping helps: two classes split by a vertical boundary at a random column.
+
+    Only the outer 6 columns of each side show their class's colour; the rest of the image is noise. An image-only
+    model must guess the boundary; a teacher that reads its noised label sees where the two regions meet.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    colours = torch.tensor([[-1.0, 0.0, 1.0], [0.0, 1.0, -1.0], [1.0, -1.0, 0.0]])
+    columns = torch.arange(size)
+    samples = []
+    for _ in range(num_samples):
+        boundary = int(torch.randint(10, size - 10, (1,), generator=generator))
+        left = int(torch.randint(0, 3, (1,), generator=generator))
+        right = (left + 1 + int(torch.randint(0, 2, (1,), generator=generator))) % 3
+        labels = torch.where(columns < boundary, left, right).expand(size, size).clone()
+        image = torch.randn(3, size, size, generator=generator)
+        image[:, :, :6] += colours[left][:, None, None]
+        image[:, :, -6:] += colours[right][:, None, None]
+        samples.append({"pixel_values": image, "labels": labels})
+    return samples
+
+
+def small_lad_seg(num_channels: int = 3) -> LadSegForSemanticSegmentation:
+    """A DeepLabV3 a few channels wide, big enough to learn `split_scenes` in a few hundred steps."""
+    backbone = ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 32, 64], depths=[1, 1, 1, 1], layer_type="basic")
+    config = LadSegConfig(
+        backbone=backbone, num_labels=3, num_channels=num_channels, decode_channels=32, aspp_rates=[2, 4, 6]
+    )
+    return LadSegForSemanticSegmentation(config)
+
+
+class TinySegConfig(PretrainedConfig):
+    model_type = "tiny_seg"
+    num_channels: int = 3
+    label_noiser: dict | None = None
+
+
+class TinySegModel(PreTrainedModel):
+    """Two convolutions and no batch statistics, so that a batch's loss does not depend on how it is split."""
+
+    config_class = TinySegConfig
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: TinySegConfig):
+        super().__init__(config)
+        self.conv = nn.Conv2d(config.num_channels, 8, 3, stride=2, padding=1)
+        self.classifier = nn.Conv2d(8, config.num_labels, 1)
+        self.post_init()
+
+    def forward(self, pixel_values, labels=None):
+        logits = self.classifier(torch.relu(self.conv(pixel_values)))
+        loss = segmentation_cross_entropy(logits, labels) if labels is not None else None
+        return SemanticSegmenterOutput(loss=loss, logits=logits)

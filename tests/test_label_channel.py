@@ -122,3 +122,34 @@ def test_bad_input_raises():
         add_label_channel(model, noiser)
     with pytest.raises(ValueError, match="not made a LAD teacher"):
         LabelNoiser.from_config(lad_seg().config)
+
+
+def test_separate_label_stem_starts_neutral_learns_and_round_trips(tmp_path):
+    model = lad_seg().eval()
+    noiser = LabelNoiser(num_labels=3)
+    pixel_values, labels = images_and_labels()
+    inputs = build_teacher_inputs(pixel_values, labels, noiser)
+    with torch.no_grad():
+        before = model(pixel_values).logits
+        add_label_channel(model, noiser, label_stem_channels=4)
+        assert torch.equal(before, model(inputs).logits)
+    assert model.config.label_stem_channels == 4
+
+    model.train()
+    model(inputs, labels=labels).loss.backward()
+    stem = model.backbone.embedder.embedder.convolution
+    assert stem.label_stem[-1].weight.grad.abs().sum() > 0
+
+    with torch.no_grad():
+        stem.label_stem[-1].weight.normal_()
+    model.eval().save_pretrained(tmp_path)
+    loaded = AutoModelForSemanticSegmentation.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(model(inputs).logits, loaded(inputs).logits)
+    built = LadSegForSemanticSegmentation(tiny_lad_seg_config(num_channels=4, label_stem_channels=4))
+    assert set(built.state_dict()) == set(model.state_dict())
+
+
+def test_separate_label_stem_needs_a_lad_seg_model():
+    with pytest.raises(ValueError, match="label_stem_channels needs"):
+        add_label_channel(segformer(), LabelNoiser(num_labels=3), label_stem_channels=4)

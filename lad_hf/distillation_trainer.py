@@ -1,0 +1,136 @@
+"""Distilling a frozen teacher into a student that sees only the image (paper Eq. 8)."""
+
+import os
+
+import torch
+from transformers import AutoModelForSemanticSegmentation, PreTrainedModel
+
+from .distillation_config import DistillationConfig
+from .label_channel import build_teacher_inputs
+from .losses import channel_wise_divergence, pixel_wise_divergence, segmentation_cross_entropy
+from .noising import LabelNoiser
+from .segmentation_trainer import SegmentationTrainer
+
+
+__all__ = ["DistillationTrainer"]
+
+
+def _class_names(config) -> list[str] | None:
+    """The class names, or None where the config only has transformers' placeholder names (LABEL_0 ...)."""
+    names = [config.id2label[k] for k in sorted(config.id2label)]
+    return None if names == [f"LABEL_{k}" for k in range(len(names))] else names
+
+
+def check_same_label_set(student_config, teacher_config) -> None:
+    """Raise before training when student and teacher predict different classes."""
+    if student_config.num_labels != teacher_config.num_labels:
+        raise ValueError(
+            f"The student predicts {student_config.num_labels} classes and the teacher {teacher_config.num_labels}: "
+            "distillation needs the same label set. Build the student with the teacher's id2label."
+        )
+    student_names, teacher_names = _class_names(student_config), _class_names(teacher_config)
+    if student_names is not None and teacher_names is not None and student_names != teacher_names:
+        differ = [(k, s, t) for k, (s, t) in enumerate(zip(student_names, teacher_names, strict=True)) if s != t]
+        raise ValueError(
+            f"Student and teacher name their classes differently (id, student, teacher): {differ[:5]}. Distillation "
+            "needs the same label set in the same order: build the student with the teacher's id2label."
+        )
+
+
+class DistillationTrainer(SegmentationTrainer):
+    r"""Trains a student from its labels and a frozen teacher's logits (paper Eq. 8):
+
+        L_S = task_weight * CE(O_S, y) + kd_weight * KD(O_S, O_T)
+
+    The student sees the image only; its forward never receives labels. If the teacher's config records a label
+    noiser (a LAD teacher), the teacher reads the image plus the batch's labels noised with it, exactly as it was
+    trained; otherwise it is a conventional teacher on the image. `loss_task` and `loss_kd` are logged apart.
+
+    The teacher is prepared with `accelerator.prepare_model(..., evaluation_mode=True)`, kept in `eval()` without
+    gradients and run under `no_grad`. Trainer checkpoints do not hold it: a resumed run reloads it from its source.
+
+    Args:
+        model (`PreTrainedModel`): The student, any segmentation model returning `logits` (and, for lad_hf models
+            in training mode, `auxiliary_logits`).
+        teacher_model (`PreTrainedModel` or `str`, *optional*): The teacher, or a Hub id / local folder loaded with
+            `AutoModelForSemanticSegmentation.from_pretrained`. Defaults to `args.teacher_model_name_or_path`.
+        args (`DistillationConfig`): Training arguments.
+        **kwargs: Passed on to `Trainer`.
+
+    Example:
+        ```python
+        >>> args = DistillationConfig(output_dir="student", teacher_model_name_or_path="user/lad-teacher")
+        >>> DistillationTrainer(model=student, args=args, train_dataset=train, eval_dataset=val).train()
+        ```
+    """
+
+    def __init__(
+        self,
+        model=None,
+        teacher_model: PreTrainedModel | str | os.PathLike | None = None,
+        args: DistillationConfig | None = None,
+        **kwargs,
+    ):
+        args = args if args is not None else DistillationConfig(output_dir="trainer_output")
+        if not isinstance(args, DistillationConfig):
+            raise TypeError(f"DistillationTrainer takes a DistillationConfig as args, got {type(args).__name__}.")
+        teacher_model = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
+        if teacher_model is None:
+            raise ValueError(
+                "DistillationTrainer needs a teacher: pass teacher_model= (a model, a Hub id or a folder) or set "
+                "DistillationConfig.teacher_model_name_or_path."
+            )
+        if isinstance(teacher_model, str | os.PathLike):
+            teacher_model = AutoModelForSemanticSegmentation.from_pretrained(teacher_model)
+        check_same_label_set(model.config, teacher_model.config)
+        super().__init__(model=model, args=args, **kwargs)
+
+        teacher_model.requires_grad_(False).eval()
+        self.teacher = self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
+        label_noiser = getattr(teacher_model.config, "label_noiser", None)
+        self.teacher_noiser = LabelNoiser(**label_noiser) if label_noiser is not None else None
+        self.auxiliary_loss_weight = (
+            args.auxiliary_loss_weight
+            if args.auxiliary_loss_weight is not None
+            else getattr(model.config, "auxiliary_loss_weight", 0.0)
+        )
+
+    def task_loss(self, outputs, labels: torch.Tensor) -> torch.Tensor:
+        """The student's cross-entropy, plus its auxiliary head's where it returns `auxiliary_logits`."""
+        loss = segmentation_cross_entropy(outputs.logits, labels, self.args.ignore_index)
+        auxiliary_logits = outputs.get("auxiliary_logits")
+        if auxiliary_logits is not None and self.auxiliary_loss_weight > 0:
+            auxiliary = segmentation_cross_entropy(auxiliary_logits, labels, self.args.ignore_index)
+            loss = loss + self.auxiliary_loss_weight * auxiliary
+        return loss
+
+    @torch.no_grad()
+    def teacher_logits(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.teacher_noiser is not None:
+            generator = self.step_generator(labels.device)
+            pixel_values = build_teacher_inputs(pixel_values, labels, self.teacher_noiser, generator=generator)
+        return self.teacher(pixel_values=pixel_values).logits
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        pixel_values, labels = inputs["pixel_values"], inputs["labels"]
+        outputs = model(pixel_values=pixel_values)  # the student sees the image only
+        teacher_logits = self.teacher_logits(pixel_values, labels)
+        loss_task = self.task_loss(outputs, labels)
+        temperature = self.args.kd_temperature
+        if self.args.kd_loss == "cwd":
+            loss_kd = channel_wise_divergence(outputs.logits, teacher_logits, temperature)
+        else:
+            loss_kd = pixel_wise_divergence(
+                outputs.logits, teacher_logits, temperature, labels, self.args.ignore_index
+            )
+        loss = self.args.task_weight * loss_task + self.args.kd_weight * loss_kd
+        self.log_loss_components(loss_task=loss_task, loss_kd=loss_kd)
+        return (loss, outputs) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        # The student's evaluation, also without labels in its forward: the loss is computed here.
+        pixel_values, labels = inputs["pixel_values"], inputs["labels"]
+        with torch.no_grad(), self.compute_loss_context_manager():
+            logits = model(pixel_values=pixel_values).logits.detach()
+            loss = segmentation_cross_entropy(logits, labels, self.args.ignore_index)
+        return (loss, None, None) if prediction_loss_only else (loss, logits, labels)

@@ -1,0 +1,103 @@
+"""What every lad_hf trainer shares: segmentation defaults, mIoU evaluation, loss components in the logs, seeded noise.
+
+`SegmentationTrainer` is also the plain supervised baseline: it trains any segmentation model on its own loss.
+"""
+
+import hashlib
+import zlib
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from .metrics import SegmentationMetric, predictions_from_logits
+
+
+__all__ = ["SegmentationConfig", "SegmentationTrainer", "content_generator"]
+
+
+@dataclass
+class SegmentationConfig(TrainingArguments):
+    r"""`TrainingArguments` for semantic segmentation.
+
+    Evaluation defaults to `batch_eval_metrics=True` (mIoU from a streaming confusion matrix, the same in one or
+    several processes) and DDP to `ddp_find_unused_parameters=False`.
+    """
+
+    ignore_index: int = field(default=255, metadata={"help": "Label id of unlabelled pixels."})
+    batch_eval_metrics: bool = field(
+        default=True,
+        metadata={"help": "Compute the evaluation metrics batch by batch (a streaming confusion matrix)."},
+    )
+    ddp_find_unused_parameters: bool | None = field(
+        default=False,
+        metadata={"help": "Let DDP look for parameters that got no gradient (slower; needed by few models)."},
+    )
+
+
+def _seed_from(key: str) -> int:
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") >> 1
+
+
+def content_generator(labels: torch.Tensor, salt: str) -> torch.Generator:
+    """A generator seeded from a label map's content: the same draws for the same image, whatever the batching."""
+    generator = torch.Generator(device=labels.device)
+    generator.manual_seed(_seed_from(f"{salt}/{zlib.crc32(labels.cpu().numpy().tobytes())}"))
+    return generator
+
+
+class SegmentationTrainer(Trainer):
+    """A `Trainer` for semantic segmentation models.
+
+    - Without `compute_metrics`, evaluation reports `SegmentationMetric`'s mIoU, accuracies and per-class IoU.
+    - Subclasses log loss components with `log_loss_components(name=tensor)`; they appear, averaged over the logging
+      interval and the processes, next to `loss`.
+    - `step_generator()` gives noise that differs per process and per step, and repeats after resuming.
+
+    Args:
+        model (`PreTrainedModel`): A segmentation model: `forward(pixel_values, labels=None)` returning `logits`.
+        args (`SegmentationConfig`): Training arguments.
+        compute_metrics, preprocess_logits_for_metrics: As for `Trainer`; default to `SegmentationMetric`.
+        **kwargs: Passed on to `Trainer`.
+    """
+
+    # compute_loss returns a per-batch mean: the Trainer divides it by the gradient accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, model=None, args: SegmentationConfig | None = None, compute_metrics=None, **kwargs):
+        args = args if args is not None else SegmentationConfig(output_dir="trainer_output")
+        if not isinstance(args, SegmentationConfig):
+            raise TypeError(
+                f"{type(self).__name__} takes a SegmentationConfig (or a subclass) as args, got {type(args).__name__}."
+            )
+        if compute_metrics is None:
+            metric = SegmentationMetric(model.config.num_labels, args.ignore_index, model.config.id2label)
+            compute_metrics = metric.compute_metrics
+            kwargs.setdefault("preprocess_logits_for_metrics", predictions_from_logits)
+        super().__init__(model=model, args=args, compute_metrics=compute_metrics, **kwargs)
+        self._loss_components: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self._generator_step, self._micro_batch = -1, 0
+
+    def log_loss_components(self, **components: torch.Tensor) -> None:
+        for name, value in components.items():
+            self._loss_components[name].append(value.detach().float())
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._loss_components:  # a training log: every process gets here at the same step
+            names = list(self._loss_components)
+            means = torch.stack([torch.stack(values).mean() for values in self._loss_components.values()])
+            means = self.accelerator.reduce(means, reduction="mean")
+            logs.update({name: round(value, 6) for name, value in zip(names, means.tolist(), strict=True)})
+            self._loss_components.clear()
+        super().log(logs, start_time)
+
+    def step_generator(self, device: torch.device) -> torch.Generator:
+        """A generator seeded from (run seed, process, optimizer step, micro-batch of the step)."""
+        if self.state.global_step != self._generator_step:
+            self._generator_step, self._micro_batch = self.state.global_step, 0
+        self._micro_batch += 1
+        key = f"{self.args.seed}/{self.args.process_index}/{self._generator_step}/{self._micro_batch}"
+        generator = torch.Generator(device=device)
+        generator.manual_seed(_seed_from(key))
+        return generator
