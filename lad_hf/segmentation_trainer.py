@@ -92,6 +92,15 @@ class SegmentationTrainer(Trainer):
             self._loss_components.clear()
         super().log(logs, start_time)
 
+    def evaluation_loop(self, *args, **kwargs):
+        # Under DDP every process updated its own batch-norm statistics in the last step; evaluate with rank 0's, the
+        # ones that are saved, so that the metrics are those of the saved model whatever the number of processes.
+        if self.accelerator.num_processes > 1:
+            with torch.no_grad():
+                for buffer in self.model.buffers():
+                    torch.distributed.broadcast(buffer, src=0)
+        return super().evaluation_loop(*args, **kwargs)
+
     def step_generator(self, device: torch.device) -> torch.Generator:
         """A generator seeded from (run seed, process, optimizer step, micro-batch of the step)."""
         if self.state.global_step != self._generator_step:

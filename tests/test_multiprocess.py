@@ -1,0 +1,41 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_metrics import free_port
+from trainer_worker import datasets
+from transformers import AutoModelForSemanticSegmentation
+
+from lad_hf import LadTeacherConfig, LadTeacherTrainer, SegmentationConfig, SegmentationTrainer
+
+
+@pytest.mark.parametrize("mode", ["teacher", "distill"])
+def test_two_processes_train_in_step_and_evaluate_like_one(tmp_path: Path, mode: str):
+    worker = str(Path(__file__).with_name("trainer_worker.py"))
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    launcher += ["--master_addr", "127.0.0.1", "--master_port", str(free_port())]
+    run = subprocess.run(launcher + [worker, mode, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert ranks[0]["weights"] == ranks[1]["weights"]  # DDP kept the trained weights identical
+    if mode == "distill":
+        assert all(r["teacher_before"] == r["teacher_after"] for r in ranks)  # the teacher never changed
+
+    # The saved model, evaluated in this single process on the same eval set.
+    _, val = datasets()
+    model = AutoModelForSemanticSegmentation.from_pretrained(tmp_path / "model")
+    settings = dict(output_dir=str(tmp_path / "single"), per_device_eval_batch_size=4, report_to="none", use_cpu=True)
+    settings["seed"] = 0  # the teacher's evaluation noise comes from the run's seed
+    if mode == "teacher":
+        trainer = LadTeacherTrainer(model=model, args=LadTeacherConfig(**settings))
+    else:
+        trainer = SegmentationTrainer(model=model, args=SegmentationConfig(**settings))
+    single = trainer.evaluate(val)
+    assert single["eval_mean_iou"] == pytest.approx(ranks[0]["metrics"]["eval_mean_iou"], rel=1e-9)
+    if mode == "teacher":
+        assert single["eval_mean_iou_zero_label"] == pytest.approx(
+            ranks[0]["metrics"]["eval_mean_iou_zero_label"], rel=1e-9
+        )
