@@ -144,16 +144,21 @@ def test_different_label_sets_raise_before_training(tmp_path):
         args(tmp_path, kd_loss="mse")
 
 
-def test_resume_reloads_the_teacher_and_continues_with_the_same_loss(tmp_path):
+@pytest.mark.parametrize("trainer_name", ["teacher", "distillation"])
+def test_resume_continues_with_the_same_loss(tmp_path, trainer_name):
     lad_teacher().save_pretrained(tmp_path / "teacher")
 
     def run(output_dir, resume=None):
-        torch.manual_seed(0 if resume is None else 1)  # a resumed student starts from the checkpoint's weights
-        student = LadSegForSemanticSegmentation(tiny_lad_seg_config("aspp"))
-        settings = dict(
-            max_steps=4, save_strategy="steps", save_steps=2, teacher_model_name_or_path=str(tmp_path / "teacher")
-        )
-        trainer = DistillationTrainer(model=student, args=args(output_dir, **settings), train_dataset=random_data(16))
+        torch.manual_seed(0 if resume is None else 1)  # a resumed model starts from the checkpoint's weights
+        settings = dict(max_steps=4, save_strategy="steps", save_steps=2)
+        if trainer_name == "teacher":
+            model = lad_teacher().train()
+            config = args(output_dir, LadTeacherConfig, **settings)
+            trainer = LadTeacherTrainer(model=model, args=config, train_dataset=random_data(16))
+        else:  # the teacher is reloaded from its folder: checkpoints do not hold it
+            student = LadSegForSemanticSegmentation(tiny_lad_seg_config("aspp"))
+            config = args(output_dir, teacher_model_name_or_path=str(tmp_path / "teacher"), **settings)
+            trainer = DistillationTrainer(model=student, args=config, train_dataset=random_data(16))
         trainer.train(resume_from_checkpoint=resume)
         return {entry["step"]: entry["loss"] for entry in trainer.state.log_history if "loss" in entry}
 
