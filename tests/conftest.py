@@ -1,7 +1,14 @@
 import pytest
 import torch
 from torch import nn
-from transformers import Dinov2Config, PretrainedConfig, PreTrainedModel, ResNetConfig
+from transformers import (
+    Dinov2Config,
+    PretrainedConfig,
+    PreTrainedModel,
+    ResNetConfig,
+    SegformerConfig,
+    SegformerForSemanticSegmentation,
+)
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
 from lad_hf import LadSegConfig, LadSegForSemanticSegmentation, segmentation_cross_entropy
@@ -23,6 +30,27 @@ def tiny_lad_seg_config(decode_head: str = "aspp", num_labels: int = 3, **kwargs
     kwargs.setdefault("decode_channels", 8)
     kwargs.setdefault("ocr_key_channels", 4)
     return LadSegConfig(backbone=tiny_resnet(), decode_head=decode_head, num_labels=num_labels, **kwargs)
+
+
+def tiny_segformer() -> SegformerForSemanticSegmentation:
+    config = SegformerConfig(
+        num_encoder_blocks=2,
+        depths=[1, 1],
+        sr_ratios=[2, 1],
+        hidden_sizes=[8, 16],
+        num_attention_heads=[1, 2],
+        decoder_hidden_size=16,
+        num_labels=3,
+    )
+    return SegformerForSemanticSegmentation(config)
+
+
+def trainer_args(config_class, output_dir, **overrides):
+    """Training arguments for a quick CPU run that writes nothing but what a test asks for."""
+    settings = dict(
+        output_dir=str(output_dir), save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True, seed=0
+    )
+    return config_class(**{**settings, **overrides})
 
 
 @pytest.fixture(autouse=True)

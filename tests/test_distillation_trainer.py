@@ -1,7 +1,6 @@
 import pytest
 import torch
-from conftest import TinySegConfig, TinySegModel, tiny_lad_seg_config
-from transformers import SegformerConfig, SegformerForSemanticSegmentation
+from conftest import TinySegConfig, TinySegModel, tiny_lad_seg_config, tiny_segformer, trainer_args
 
 from lad_hf import (
     DistillationConfig,
@@ -28,35 +27,13 @@ def random_data(num_samples: int = 8, size: int = 32, seed: int = 0) -> list[dic
 
 
 def args(tmp_path, config_class=DistillationConfig, **kwargs):
-    defaults = dict(
-        output_dir=str(tmp_path),
-        max_steps=2,
-        per_device_train_batch_size=2,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
-        seed=0,
+    return trainer_args(
+        config_class, tmp_path, **{"max_steps": 2, "per_device_train_batch_size": 2, "logging_steps": 1, **kwargs}
     )
-    return config_class(**{**defaults, **kwargs})
 
 
 def lad_teacher(head: str = "aspp"):
     return add_label_channel(LadSegForSemanticSegmentation(tiny_lad_seg_config(head)), LabelNoiser(3)).eval()
-
-
-def segformer():
-    config = SegformerConfig(
-        num_encoder_blocks=2,
-        depths=[1, 1],
-        sr_ratios=[2, 1],
-        hidden_sizes=[8, 16],
-        num_attention_heads=[1, 2],
-        decoder_hidden_size=16,
-        num_labels=3,
-    )
-    return SegformerForSemanticSegmentation(config)
 
 
 def test_teacher_is_frozen_and_the_student_sees_only_the_image(tmp_path):
@@ -113,7 +90,7 @@ def test_loss_is_weighted_task_plus_kd(tmp_path, kd_loss):
 
 
 def test_conventional_teacher_of_another_architecture_and_resolution(tmp_path):
-    teacher = segformer().eval()  # logits at 1/4, no label channel
+    teacher = tiny_segformer().eval()  # logits at 1/4, no label channel
     student = LadSegForSemanticSegmentation(tiny_lad_seg_config("aspp"))  # logits at 1/8
     calls = []
     teacher.register_forward_pre_hook(lambda m, a, kw: calls.append(kw["pixel_values"].shape[1]), with_kwargs=True)

@@ -1,12 +1,10 @@
 import pytest
 import torch
-from conftest import tiny_dinov2, tiny_lad_seg_config
+from conftest import tiny_dinov2, tiny_lad_seg_config, tiny_segformer
 from transformers import (
     AutoModelForSemanticSegmentation,
     MobileNetV2Config,
     MobileNetV2ForSemanticSegmentation,
-    SegformerConfig,
-    SegformerForSemanticSegmentation,
 )
 
 from lad_hf import (
@@ -26,19 +24,6 @@ def lad_seg_dinov2():
     return LadSegForSemanticSegmentation(LadSegConfig(backbone=tiny_dinov2(), decode_head="fcn", num_labels=3))
 
 
-def segformer():
-    config = SegformerConfig(
-        num_encoder_blocks=2,
-        depths=[1, 1],
-        sr_ratios=[2, 1],
-        hidden_sizes=[8, 16],
-        num_attention_heads=[1, 2],
-        decoder_hidden_size=16,
-        num_labels=3,
-    )
-    return SegformerForSemanticSegmentation(config)
-
-
 def mobilenet_deeplab():
     config = MobileNetV2Config(depth_multiplier=0.25, image_size=32, aspp_out_channels=16, num_labels=3)
     return MobileNetV2ForSemanticSegmentation(config)
@@ -47,7 +32,7 @@ def mobilenet_deeplab():
 MODELS = {
     "lad_seg": lad_seg,
     "lad_seg_dinov2": lad_seg_dinov2,
-    "segformer": segformer,
+    "segformer": tiny_segformer,
     "mobilenet_v2": mobilenet_deeplab,
 }
 
@@ -152,4 +137,4 @@ def test_separate_label_stem_starts_neutral_learns_and_round_trips(tmp_path):
 
 def test_separate_label_stem_needs_a_lad_seg_model():
     with pytest.raises(ValueError, match="label_stem_channels needs"):
-        add_label_channel(segformer(), LabelNoiser(num_labels=3), label_stem_channels=4)
+        add_label_channel(tiny_segformer(), LabelNoiser(num_labels=3), label_stem_channels=4)

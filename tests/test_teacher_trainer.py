@@ -2,7 +2,7 @@ import copy
 
 import pytest
 import torch
-from conftest import TinySegConfig, TinySegModel, small_lad_seg, split_scenes, tiny_lad_seg_config
+from conftest import TinySegConfig, TinySegModel, small_lad_seg, split_scenes, tiny_lad_seg_config, trainer_args
 from transformers import AutoModelForSemanticSegmentation
 
 from lad_hf import (
@@ -19,19 +19,8 @@ from lad_hf import (
 
 
 def args(tmp_path, config_class=LadTeacherConfig, **kwargs):
-    defaults = dict(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=8,
-        per_device_eval_batch_size=16,
-        learning_rate=3e-3,
-        logging_steps=50,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
-        seed=0,
-    )
-    return config_class(**{**defaults, **kwargs})
+    settings = dict(per_device_train_batch_size=8, per_device_eval_batch_size=16, learning_rate=3e-3, logging_steps=50)
+    return trainer_args(config_class, tmp_path, **{**settings, **kwargs})
 
 
 def teacher_of(model, **noiser_kwargs):

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import torch
-from conftest import split_scenes, tiny_lad_seg_config
+from conftest import split_scenes, tiny_lad_seg_config, trainer_args
 
 from lad_hf import (
     DistillationConfig,
@@ -41,18 +41,7 @@ def datasets(size: int = 32) -> tuple[list, list]:
 
 def main(mode: str, output_dir: str) -> None:
     train, val = datasets()
-    settings = dict(
-        output_dir=output_dir,
-        max_steps=3,
-        per_device_train_batch_size=2,
-        per_device_eval_batch_size=2,
-        learning_rate=1e-3,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
-        seed=0,
-    )
+    settings = dict(max_steps=3, per_device_train_batch_size=2, per_device_eval_batch_size=2, learning_rate=1e-3)
     torch.manual_seed(0)  # the same initial weights in every process
     teacher = None
     if mode == "teacher":
@@ -66,7 +55,7 @@ def main(mode: str, output_dir: str) -> None:
         trainer = DistillationTrainer(
             model=model,
             teacher_model=teacher,
-            args=DistillationConfig(**settings),
+            args=trainer_args(DistillationConfig, output_dir, **settings),
             train_dataset=train,
             eval_dataset=val,
         )
