@@ -4,6 +4,7 @@
 """
 
 import hashlib
+import os
 import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -34,6 +35,17 @@ class SegmentationConfig(TrainingArguments):
         default=False,
         metadata={"help": "Let DDP look for parameters that got no gradient (slower; needed by few models)."},
     )
+
+    def __post_init__(self):
+        super().__post_init__()
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched > 1 and self.world_size != launched:
+            # On a machine without GPUs, TrainingArguments ignores the launcher's processes unless use_cpu=True:
+            # every process would train alone on the whole data.
+            raise ValueError(
+                f"{launched} processes were launched but training would run in {self.world_size}. On a machine "
+                "without GPUs pass use_cpu=True (--use_cpu) so that the processes train together over gloo."
+            )
 
 
 def _seed_from(key: str) -> int:

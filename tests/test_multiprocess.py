@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,3 +40,13 @@ def test_two_processes_train_in_step_and_evaluate_like_one(tmp_path: Path, mode:
         assert single["eval_mean_iou_zero_label"] == pytest.approx(
             ranks[0]["metrics"]["eval_mean_iou_zero_label"], rel=1e-9
         )
+
+
+def test_processes_that_would_train_alone_are_refused(tmp_path: Path):
+    # On a machine without GPUs, TrainingArguments without use_cpu=True ignores the launcher's processes.
+    script = f"from lad_hf import SegmentationConfig; SegmentationConfig(output_dir={str(tmp_path)!r})"
+    run = subprocess.run(
+        [sys.executable, "-c", script], env={**os.environ, "WORLD_SIZE": "2"}, capture_output=True, text=True
+    )
+    assert run.returncode != 0
+    assert "pass use_cpu=True" in run.stderr

@@ -47,7 +47,10 @@ def main(mode: str, output_dir: str) -> None:
     if mode == "teacher":
         model = add_label_channel(LadSegForSemanticSegmentation(tiny_lad_seg_config("aspp")), LabelNoiser(3))
         trainer = LadTeacherTrainer(
-            model=model, args=LadTeacherConfig(**settings), train_dataset=train, eval_dataset=val
+            model=model,
+            args=trainer_args(LadTeacherConfig, output_dir, **settings),
+            train_dataset=train,
+            eval_dataset=val,
         )
     else:
         teacher = add_label_channel(LadSegForSemanticSegmentation(tiny_lad_seg_config("psp")), LabelNoiser(3))
