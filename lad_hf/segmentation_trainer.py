@@ -23,7 +23,9 @@ class SegmentationConfig(TrainingArguments):
     r"""`TrainingArguments` for semantic segmentation.
 
     Evaluation defaults to `batch_eval_metrics=True` (mIoU from a streaming confusion matrix, the same in one or
-    several processes) and DDP to `ddp_find_unused_parameters=False`.
+    several processes), DDP to `ddp_find_unused_parameters=False`, `remove_unused_columns=False` (datasets decode
+    their columns on the fly), and `accelerator_config.dispatch_batches=False`, so that in several processes each
+    one reads its own shards of a streamed dataset.
     """
 
     ignore_index: int = field(default=255, metadata={"help": "Label id of unlabelled pixels."})
@@ -31,12 +33,21 @@ class SegmentationConfig(TrainingArguments):
         default=True,
         metadata={"help": "Compute the evaluation metrics batch by batch (a streaming confusion matrix)."},
     )
+    remove_unused_columns: bool = field(
+        default=False,
+        metadata={
+            "help": "Drop dataset columns the model does not take. Off: load_segmentation_dataset decodes the "
+            "image and label columns on the fly into pixel_values and labels."
+        },
+    )
     ddp_find_unused_parameters: bool | None = field(
         default=False,
         metadata={"help": "Let DDP look for parameters that got no gradient (slower; needed by few models)."},
     )
 
     def __post_init__(self):
+        if self.accelerator_config is None:
+            self.accelerator_config = {"dispatch_batches": False}
         super().__post_init__()
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         if launched > 1 and self.world_size != launched:

