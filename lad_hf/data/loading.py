@@ -171,7 +171,7 @@ def _load_raw(name_or_path, split: str, streaming: bool, config_name: str | None
         return load_dataset("parquet", data_files={split: files}, split=split, streaming=streaming, **kwargs)
     if os.path.isdir(name_or_path) and "data_files" not in kwargs:
         # datasets caches a local folder under its name and config only, so a rebuilt folder would load stale data:
-        # naming the files keys the cache on them (paths and modification times).
+        # naming the files keys the cache on their paths and file metadata.
         builder = load_dataset_builder(name_or_path, config_name)
         kwargs["data_files"] = {name: list(files) for name, files in builder.config.data_files.items()}
     return load_dataset(name_or_path, config_name, split=split, streaming=streaming, revision=revision, **kwargs)
