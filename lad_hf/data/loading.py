@@ -192,7 +192,7 @@ def _pick(columns: list[str], given: str | None, candidates: tuple[str, ...], wh
 
 
 def load_segmentation_dataset(
-    name_or_path: str | Sequence[str],
+    name_or_path: str | os.PathLike | Sequence[str],
     split: str = "train",
     streaming: bool = False,
     *,
@@ -239,6 +239,8 @@ def load_segmentation_dataset(
     classes. A file that cannot be decoded fails likewise in a map-style dataset; in a stream it is skipped with a
     warning that counts the skipped samples, so that one broken file does not end a long run.
     """
+    if isinstance(name_or_path, os.PathLike):
+        name_or_path = os.fspath(name_or_path)
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r}; the presets are {sorted(PRESETS)}.")
     if preset is None and isinstance(name_or_path, str) and name_or_path in PRESETS:
