@@ -104,7 +104,7 @@ def compose_scene(
         region, alpha = _paste(image, alpha, *rng.integers(-4, size - 4, 2))
         image[region] = image[region] * (1 - alpha[..., None]) + ink_colour() * alpha[..., None]
 
-    # Digits, packed densely around a few centres so that they touch and overlap; later ones occlude earlier ones.
+    # Digits, packed densely around one centre so that they touch and overlap; later ones occlude earlier ones.
     centre = rng.uniform(0.3 * size, 0.7 * size, 2)
     for _ in range(rng.integers(2, 5)):
         index = rng.integers(len(digits))
