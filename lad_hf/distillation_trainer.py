@@ -87,8 +87,8 @@ class DistillationTrainer(SegmentationTrainer):
 
         teacher_model.requires_grad_(False).eval()
         self.teacher = self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
-        label_noiser = getattr(teacher_model.config, "label_noiser", None)
-        self.teacher_noiser = LabelNoiser(**label_noiser) if label_noiser is not None else None
+        is_lad_teacher = getattr(teacher_model.config, "label_noiser", None) is not None
+        self.teacher_noiser = LabelNoiser.from_config(teacher_model.config) if is_lad_teacher else None
         self.auxiliary_loss_weight = (
             args.auxiliary_loss_weight
             if args.auxiliary_loss_weight is not None
