@@ -17,7 +17,7 @@ from lad_hf.data import (
     label_lookup_table,
     load_segmentation_dataset,
 )
-from lad_hf.data.digit_scenes import load_mnist_digits, split_digits
+from lad_hf.data.digit_scenes import compose_scene, load_mnist_digits, split_digits
 
 
 def png(array: np.ndarray, mode: str | None = None) -> dict:
@@ -279,6 +279,24 @@ def test_digit_scenes_are_deterministic_and_hub_format(digit_scenes, tmp_path):
     labels = np.stack([row["label"] for row in load_segmentation_dataset(str(digit_scenes), "train")])
     assert set(np.unique(labels).tolist()) == set(range(11))  # background and all ten digits
     assert 0.1 < (labels > 0).mean() < 0.6  # dense scenes, yet mostly background
+
+
+def test_digit_scenes_hide_grouping_and_show_clutter():
+    # What the label channel is meant to carry: digits that touch one another, and ink that is not a digit.
+    digits, labels = load_mnist_digits()
+    rng = np.random.default_rng(0)
+    touching = clutter = 0
+    for _ in range(50):
+        image, label = compose_scene(digits, labels, rng)
+        horizontal = (label[:, 1:] != label[:, :-1]) & (label[:, 1:] > 0) & (label[:, :-1] > 0)
+        vertical = (label[1:] != label[:-1]) & (label[1:] > 0) & (label[:-1] > 0)
+        touching += bool(horizontal.any() or vertical.any())
+        # Clutter: background pixels far from the local background colour, as ink is.
+        background = image[label == 0].astype(np.float32)
+        ink = np.abs(background - np.median(background, axis=0)).sum(axis=1) > 120
+        clutter += ink.mean() > 0.01
+    assert touching >= 20  # distinct digits meet in many scenes
+    assert clutter >= 40  # nearly every scene has digit-like clutter labelled background
 
 
 def test_digit_scenes_rebuild_rules(digit_scenes, tmp_path):

