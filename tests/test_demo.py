@@ -1,0 +1,46 @@
+import json
+import subprocess
+
+from lad_hf.data import build_digit_scenes
+from lad_hf.demo import RUNS
+
+
+def test_demo_smoke_and_resume(tmp_path):
+    data = build_digit_scenes(
+        tmp_path / "scenes",
+        num_scenes={"train": 24, "validation": 8, "test": 8},
+        num_shards={"train": 2, "validation": 1, "test": 1},
+    )
+    out = tmp_path / "demo"
+    command = ["lad-hf", "demo", "--output-dir", str(out), "--data-dir", str(data), "--budget", "0.003"]
+    first = subprocess.run([*command, "--no-progress"], capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-3000:]
+    table = (out / "results.md").read_text()
+    assert "(5) control: student distilled from (1), CWD" in table and "with a zero label" in table
+    summary = json.loads((out / "results.json").read_text())
+    assert set(summary["runs"]) == set(RUNS)
+    for name in RUNS:
+        (miou,) = summary["runs"][name]["mean_iou"]
+        assert 0.0 <= miou <= 1.0
+        result = json.loads((out / "seed-0" / name / "run_result.json").read_text())
+        assert result["steps"] == 4 and any("eval_mean_iou" in h for h in result["log_history"])
+    assert (out / "predictions.png").stat().st_size > 0 and (out / "curves.png").stat().st_size > 0
+
+    # Started again, the demo reuses the finished runs and writes the same table.
+    again = subprocess.run([*command, "--no-progress"], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("finished earlier") == len(RUNS)
+    assert (out / "results.md").read_text() == table
+
+
+def test_demo_rejects_impossible_options(tmp_path):
+    run = subprocess.run(["lad-hf", "demo", "--budget", "0"], capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 2 and "budget must be a positive number" in run.stderr
+    assert not (tmp_path / "lad-demo").exists()  # refused before any work
+
+
+def test_build_digit_scenes_command(tmp_path):
+    out = tmp_path / "scenes"
+    (out / "data").mkdir(parents=True)
+    run = subprocess.run(["lad-hf", "build-digit-scenes", str(out)], capture_output=True, text=True)
+    assert run.returncode == 2 and "--overwrite" in run.stderr
