@@ -110,7 +110,7 @@ class DemoRun:
         self.out_dir, self.seed, self.settings, self.show_progress = out_dir, seed, settings, show_progress
         size = (settings.image_size, settings.image_size)
         train_transform = SegmentationTransforms(size, scale_range=settings.scale_range, seed=seed)
-        eval_transform = SegmentationTransforms(size, train=False)
+        eval_transform = self.eval_transform = SegmentationTransforms(size, train=False)
         self.train = load_segmentation_dataset(data_dir, "train", transform=train_transform)
         self.validation = load_segmentation_dataset(data_dir, "validation", transform=eval_transform)
         self.test = load_segmentation_dataset(data_dir, "test", transform=eval_transform)
@@ -214,8 +214,8 @@ class DemoRun:
             inputs = teacher_inputs if name == "lad_teacher" else batch["pixel_values"]
             logits = torch.nn.functional.interpolate(model(pixel_values=inputs).logits, size=size, mode="bilinear")
             outputs[name] = logits.argmax(1).numpy()
-        mean = torch.tensor(self.test_transform_mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.test_transform_std).view(1, 3, 1, 1)
+        mean = torch.tensor(self.eval_transform.image_mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.eval_transform.image_std).view(1, 3, 1, 1)
         images = ((batch["pixel_values"] * std + mean).clamp(0, 1) * 255).byte().permute(0, 2, 3, 1).numpy()
         return [
             {
@@ -226,9 +226,6 @@ class DemoRun:
             }
             for i in range(count)
         ]
-
-    test_transform_mean = SegmentationTransforms((1, 1)).image_mean
-    test_transform_std = SegmentationTransforms((1, 1)).image_std
 
 
 def _mean_std(values: list[float]) -> str:
@@ -283,7 +280,8 @@ def summarise(results: dict[int, dict[str, dict]], settings: DemoSettings) -> tu
     return "\n".join(lines) + "\n", summary
 
 
-def _palette(num_labels: int) -> np.ndarray:
+def _palette() -> np.ndarray:
+    """Black for background, then distinct colours for class ids 1-255."""
     palette = np.array([[0, 0, 0]] + [[(37 * k) % 256, (97 * k) % 256, (173 * k) % 256] for k in range(1, 256)])
     return palette.astype(np.uint8)
 
@@ -302,7 +300,7 @@ def plot_predictions(path: Path, rows: list[dict[str, np.ndarray]]) -> None:
         ("lad_teacher", "(2) LAD teacher"),
         ("student_lad", "(3) student from (2)"),
     ]
-    palette = _palette(256)
+    palette = _palette()
     figure, axes = plt.subplots(len(rows), len(columns), figsize=(2.2 * len(columns), 2.2 * len(rows)), squeeze=False)
     for r, row in enumerate(rows):
         for c, (key, title) in enumerate(columns):
