@@ -20,7 +20,7 @@ import os
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -361,8 +361,7 @@ def run_demo(
 ) -> dict:
     """Build the digit-scenes benchmark if missing, train and test the demo's runs for each seed, and write the
     summary to `output_dir`. Returns the JSON summary."""
-    settings = settings or DemoSettings()
-    settings.budget = budget
+    settings = replace(settings or DemoSettings(), budget=budget)
     if budget <= 0 or not math.isfinite(budget):
         raise ValueError(f"budget must be a positive number (1.0 = the default budget), got {budget}.")
     if not seeds:
