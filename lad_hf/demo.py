@@ -30,6 +30,7 @@ from transformers.utils import logging
 
 from .configuration_lad_seg import LadSegConfig
 from .data import SegmentationCollator, SegmentationTransforms, build_digit_scenes, load_segmentation_dataset
+from .data.digit_scenes import class_palette
 from .distillation_config import DistillationConfig
 from .distillation_trainer import DistillationTrainer
 from .label_channel import add_label_channel, build_teacher_inputs
@@ -280,12 +281,6 @@ def summarise(results: dict[int, dict[str, dict]], settings: DemoSettings) -> tu
     return "\n".join(lines) + "\n", summary
 
 
-def _palette() -> np.ndarray:
-    """Black for background, then distinct colours for class ids 1-255."""
-    palette = np.array([[0, 0, 0]] + [[(37 * k) % 256, (97 * k) % 256, (173 * k) % 256] for k in range(1, 256)])
-    return palette.astype(np.uint8)
-
-
 def plot_predictions(path: Path, rows: list[dict[str, np.ndarray]]) -> None:
     import matplotlib
 
@@ -300,7 +295,7 @@ def plot_predictions(path: Path, rows: list[dict[str, np.ndarray]]) -> None:
         ("lad_teacher", "(2) LAD teacher"),
         ("student_lad", "(3) student from (2)"),
     ]
-    palette = _palette()
+    palette = class_palette()
     figure, axes = plt.subplots(len(rows), len(columns), figsize=(2.2 * len(columns), 2.2 * len(rows)), squeeze=False)
     for r, row in enumerate(rows):
         for c, (key, title) in enumerate(columns):

@@ -155,9 +155,15 @@ Splits and parquet shards: {", ".join(f"{split} {sizes[split]} scenes in {shards
 """
 
 
+def class_palette() -> np.ndarray:
+    """`(256, 3)` uint8 colours for class ids: black for background (0), then distinct colours."""
+    palette = [[0, 0, 0]] + [[(37 * k) % 256, (97 * k) % 256, (173 * k) % 256] for k in range(1, 256)]
+    return np.array(palette, dtype=np.uint8)
+
+
 def _preview(path: Path, scenes: list[tuple[np.ndarray, np.ndarray]]) -> None:
     """A picture of a few scenes over their label maps, coloured by class."""
-    palette = np.array([[0, 0, 0]] + [[(37 * k) % 256, (97 * k) % 256, (173 * k) % 256] for k in range(1, 11)])
+    palette = class_palette()
     rows = []
     for image, label in scenes:
         overlay = (0.5 * image + 0.5 * palette[label]).astype(np.uint8)
