@@ -1,8 +1,20 @@
 """The `lad-hf` command."""
 
 import argparse
+import importlib
+import sys
 
 from . import __version__
+
+
+# Commands whose options are dataclass fields read by HfArgumentParser (`lad-hf COMMAND --help` lists them).
+RECIPE_COMMANDS = {
+    "train": ("train", "Train a supervised baseline of any segmentation model."),
+    "train-teacher": ("train_teacher", "Train a LAD teacher (noised label channel, dual-path consistency)."),
+    "distill": ("distill", "Distil a frozen teacher (LAD or conventional) into an image-only student with CWD."),
+    "evaluate": ("evaluate", "mIoU on a split; flip, multi-scale and sliding-window testing."),
+    "predict": ("predict", "Segment image files or folders: PNG class maps and colour overlays."),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -12,6 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"lad-hf {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in RECIPE_COMMANDS.items():
+        command = commands.add_parser(name, help=help_text + " Takes --config recipe.yaml.", add_help=False)
+        command.add_argument("options", nargs=argparse.REMAINDER)
 
     demo = commands.add_parser(
         "demo",
@@ -44,7 +59,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_recipe_command(name: str, argv: list[str]) -> int:
+    """Run `lad-hf NAME ARGV`; a bad input ends it with its message (exit 2), without a traceback."""
+    module = importlib.import_module(f".commands.{RECIPE_COMMANDS[name][0]}", __package__)
+    try:
+        module.main(argv, prog=f"lad-hf {name}")
+    except ValueError as error:
+        print(f"lad-hf {name}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in RECIPE_COMMANDS:
+        return run_recipe_command(argv[0], argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

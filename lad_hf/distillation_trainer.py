@@ -86,6 +86,7 @@ class DistillationTrainer(SegmentationTrainer):
         super().__init__(model=model, args=args, **kwargs)
 
         teacher_model.requires_grad_(False).eval()
+        self.teacher_config = teacher_model.config
         self.teacher = self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
         is_lad_teacher = getattr(teacher_model.config, "label_noiser", None) is not None
         self.teacher_noiser = LabelNoiser.from_config(teacher_model.config) if is_lad_teacher else None
@@ -94,6 +95,29 @@ class DistillationTrainer(SegmentationTrainer):
             if args.auxiliary_loss_weight is not None
             else getattr(model.config, "auxiliary_loss_weight", 0.0)
         )
+
+    method = (
+        "An image-only student distilled from a frozen teacher (paper Eq. 8): cross-entropy on the labels plus a "
+        "knowledge-distillation loss towards the teacher's logits. With a LAD teacher (Label Assisted Distillation, "
+        "Qiu et al., ECCV 2024), the teacher reads the image and the noised label; the student only the image."
+    )
+    method_tag = "knowledge-distillation"
+
+    def card_settings(self) -> dict:
+        teacher_config = self.teacher_config
+        settings = {
+            "teacher": self.args.teacher_model_name_or_path or teacher_config.name_or_path or "(given in code)",
+            "teacher type": "LAD teacher (label channel)" if self.teacher_noiser is not None else "image-only",
+            "KD loss": self.args.kd_loss,
+            "KD weight beta": self.args.kd_weight,
+            "KD temperature": self.args.kd_temperature,
+            "task (cross-entropy) weight": self.args.task_weight,
+            "auxiliary head weight": self.auxiliary_loss_weight,
+        }
+        if self.teacher_noiser is not None:
+            settings["teacher's label noise alpha"] = self.teacher_noiser.alpha
+            settings["teacher's random class codes"] = self.teacher_noiser.class_noise
+        return settings
 
     def task_loss(self, outputs, labels: torch.Tensor) -> torch.Tensor:
         """The student's cross-entropy, plus its auxiliary head's where it returns `auxiliary_logits`."""

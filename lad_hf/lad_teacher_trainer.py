@@ -67,6 +67,39 @@ class LadTeacherTrainer(SegmentationTrainer):
         super().__init__(model=model, args=args, **kwargs)
         self.noiser = noiser
 
+    method = (
+        "A LAD teacher (Label Assisted Distillation, Qiu et al., ECCV 2024): a segmentation model that reads the "
+        "image plus a randomly noised copy of its ground-truth label as one more input channel, trained on two "
+        "noised paths with a consistency loss (paper Eq. 7). It is meant to teach an image-only student with "
+        "`lad_hf.DistillationTrainer`; it needs the label at inference."
+    )
+    method_tag = "lad-teacher"
+
+    def card_settings(self) -> dict:
+        noiser = self.noiser.to_dict()
+        return {
+            "label noise alpha (LNM, Eq. 5)": noiser["alpha"],
+            "random class codes per image": noiser["class_noise"],
+            "fixed class codes (without class noise)": noiser["fixed_codes"],
+            "label channel scale": noiser["scale"],
+            "ignore pixels encoded as": noiser["ignore_encoding"],
+            "label stem channels": getattr(self.model.config, "label_stem_channels", None),
+            "consistency loss": self.args.consistency_loss,
+            "consistency weight lambda": self.args.consistency_weight,
+            "consistency temperature": self.args.consistency_temperature,
+            "consistency warm-up steps": self.args.consistency_warmup_steps,
+        }
+
+    def card_usage(self, model_id: str) -> str:
+        return (
+            "import lad_hf\n\n"
+            "# Distil this teacher into an image-only student; its recorded label noiser comes with it.\n"
+            f'args = lad_hf.DistillationConfig(output_dir="student", teacher_model_name_or_path="{model_id}")\n'
+            "trainer = lad_hf.DistillationTrainer(model=student, args=args, train_dataset=train, eval_dataset=val)\n"
+            "trainer.train()\n"
+            f"# or: lad-hf distill --teacher_model_name_or_path {model_id} --dataset_name ... --output_dir student"
+        )
+
     def consistency_weight(self) -> float:
         """lambda at the current step, ramped from 0 over `consistency_warmup_steps`."""
         warmup = self.args.consistency_warmup_steps

@@ -13,6 +13,7 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from .metrics import SegmentationMetric, predictions_from_logits
+from .model_card import model_card, read_results
 
 
 __all__ = ["SegmentationConfig", "SegmentationTrainer", "content_generator"]
@@ -43,6 +44,13 @@ class SegmentationConfig(TrainingArguments):
     ddp_find_unused_parameters: bool | None = field(
         default=False,
         metadata={"help": "Let DDP look for parameters that got no gradient (slower; needed by few models)."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "The lad-hf commands refuse an output_dir holding a finished run, and resume an unfinished one "
+            "from its last checkpoint; with this, they train from scratch over it instead."
+        },
     )
 
     def __post_init__(self):
@@ -87,6 +95,9 @@ class SegmentationTrainer(Trainer):
 
     # compute_loss returns a per-batch mean: the Trainer divides it by the gradient accumulation steps.
     loss_is_scaled_for_ga = False
+    # What the model card says was done (see `card_settings`).
+    method = "Supervised training of a semantic segmentation model with its own loss (cross-entropy)."
+    method_tag = "supervised"
 
     def __init__(self, model=None, args: SegmentationConfig | None = None, compute_metrics=None, **kwargs):
         args = args if args is not None else SegmentationConfig(output_dir="trainer_output")
@@ -123,6 +134,67 @@ class SegmentationTrainer(Trainer):
                 for buffer in self.model.buffers():
                     torch.distributed.broadcast(buffer, src=0)
         return super().evaluation_loop(*args, **kwargs)
+
+    def card_settings(self) -> dict:
+        """The method's settings, for the model card."""
+        return {}
+
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+    ) -> None:
+        """Write `README.md` in `output_dir`: the method, its settings and the saved results (`all_results.json`).
+        `push_to_hub` calls this too, so the pushed card is this one."""
+        if not self.is_world_process_zero():
+            return
+        model_id = model_name or self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir))
+        args = self.args
+        training = {
+            "steps": self.state.global_step or args.max_steps,
+            "batch size per device": args.per_device_train_batch_size,
+            "processes": args.world_size,
+            "gradient accumulation": args.gradient_accumulation_steps,
+            "learning rate": args.learning_rate,
+            "schedule": f"{args.lr_scheduler_type.value} {args.lr_scheduler_kwargs or ''}".strip(),
+            "warmup steps": args.warmup_steps,
+            "weight decay": args.weight_decay,
+            "optimizer": args.optim,
+            "seed": args.seed,
+        }
+        results = read_results(args.output_dir) or next(
+            (h for h in reversed(self.state.log_history) if any(k.endswith("mean_iou") for k in h)), {}
+        )
+        card = model_card(
+            model_id,
+            self.method,
+            self.card_settings(),
+            training,
+            results,
+            self.card_usage(model_id),
+            dataset=dataset if isinstance(dataset, str) else None,
+            base_model=finetuned_from,
+            tags=[self.method_tag, *([tags] if isinstance(tags, str) else tags or [])],
+        )
+        path = os.path.join(args.output_dir, "README.md")
+        card.save(path + ".tmp")
+        os.replace(path + ".tmp", path)
+
+    def card_usage(self, model_id: str) -> str:
+        return (
+            "import lad_hf  # registers lad_hf's model types with the Auto classes\n"
+            "from transformers import AutoModelForSemanticSegmentation\n\n"
+            f'model = AutoModelForSemanticSegmentation.from_pretrained("{model_id}")\n'
+            "logits = model(pixel_values=pixel_values).logits  # upsample to the image, then argmax over classes\n"
+            "# or: lad-hf predict --model_name_or_path " + model_id + " --inputs images/ --output_dir predictions"
+        )
 
     def step_generator(self, device: torch.device) -> torch.Generator:
         """A generator seeded from (run seed, process, optimizer step, micro-batch of the step)."""

@@ -20,7 +20,7 @@ from .presets import PRESETS, SegmentationPreset
 from .transforms import SegmentationTransforms
 
 
-__all__ = ["find_id2label", "label_lookup_table", "load_segmentation_dataset"]
+__all__ = ["dataset_id2label", "find_id2label", "label_lookup_table", "load_segmentation_dataset"]
 
 logger = logging.get_logger(__name__)
 
@@ -191,6 +191,40 @@ def _pick(columns: list[str], given: str | None, candidates: tuple[str, ...], wh
     )
 
 
+def _resolve_preset(name_or_path, preset: str | None, config_name: str | None, revision: str | None):
+    """`(name_or_path, SegmentationPreset or None, config_name, revision)`, a preset name replaced by its Hub id."""
+    if isinstance(name_or_path, os.PathLike):
+        name_or_path = os.fspath(name_or_path)
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"Unknown preset {preset!r}; the presets are {sorted(PRESETS)}.")
+    if preset is None and isinstance(name_or_path, str) and name_or_path in PRESETS:
+        preset, name_or_path = name_or_path, PRESETS[name_or_path].hub_id
+        config_name = config_name or PRESETS[preset].config_name
+        revision = revision or PRESETS[preset].revision
+    return name_or_path, PRESETS[preset] if preset is not None else None, config_name, revision
+
+
+def dataset_id2label(
+    name_or_path: str | os.PathLike | Sequence[str],
+    *,
+    preset: str | None = None,
+    label_column: str | None = None,
+    config_name: str | None = None,
+    revision: str | None = None,
+) -> dict[int, str] | None:
+    """The class names of the dataset `load_segmentation_dataset` would load (see `find_id2label`), reading its
+    metadata only."""
+    name_or_path, preset, config_name, revision = _resolve_preset(name_or_path, preset, config_name, revision)
+    if preset is not None:
+        return dict(preset.id2label)
+    features = None
+    if isinstance(name_or_path, str) and not name_or_path.endswith(".parquet"):
+        features = load_dataset_builder(name_or_path, config_name, revision=revision).info.features
+    if features is not None and label_column is None:
+        label_column = next((c for c in LABEL_COLUMNS if c in features), None)
+    return find_id2label(name_or_path, features, label_column, revision=revision)
+
+
 def load_segmentation_dataset(
     name_or_path: str | os.PathLike | Sequence[str],
     split: str = "train",
@@ -239,15 +273,7 @@ def load_segmentation_dataset(
     classes. A file that cannot be decoded fails likewise in a map-style dataset; in a stream it is skipped with a
     warning that counts the skipped samples, so that one broken file does not end a long run.
     """
-    if isinstance(name_or_path, os.PathLike):
-        name_or_path = os.fspath(name_or_path)
-    if preset is not None and preset not in PRESETS:
-        raise ValueError(f"Unknown preset {preset!r}; the presets are {sorted(PRESETS)}.")
-    if preset is None and isinstance(name_or_path, str) and name_or_path in PRESETS:
-        preset, name_or_path = name_or_path, PRESETS[name_or_path].hub_id
-        config_name = config_name or PRESETS[preset].config_name
-        revision = revision or PRESETS[preset].revision
-    preset = PRESETS[preset] if preset is not None else None
+    name_or_path, preset, config_name, revision = _resolve_preset(name_or_path, preset, config_name, revision)
     if preset is not None:
         image_column, label_column = image_column or preset.image_column, label_column or preset.label_column
         ignore_index = preset.ignore_index if ignore_index is None else ignore_index

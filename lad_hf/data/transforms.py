@@ -14,6 +14,8 @@ from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 __all__ = ["SegmentationCollator", "SegmentationTransforms"]
 
+EVAL_MODES = ("resize", "pad", "original")
+
 
 def _as_tensors(image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """`(H, W, 3)` uint8 and `(H, W)` int arrays -> `(3, H, W)` float in [0, 1] and `(H, W)` long."""
@@ -35,8 +37,10 @@ class SegmentationTransforms:
 
     Training (`train=True`): random rescale by a ratio in `scale_range`, random crop to `crop_size` (padding with 0
     for the image and `ignore_index` for the label where the image is smaller), horizontal flip, normalisation.
-    Evaluation: resize to `crop_size` (`eval_mode="resize"`), or pad to it (`eval_mode="pad"`, images larger than it
-    are resized down first, keeping their aspect), then normalisation. Labels are resized by nearest neighbour.
+    Evaluation: resize to `crop_size` (`eval_mode="resize"`), pad to it (`eval_mode="pad"`, images larger than it
+    are resized down first, keeping their aspect), or keep the image's own size (`eval_mode="original"`, for
+    sliding-window and multi-scale inference at batch size 1), then normalisation. Labels are resized by nearest
+    neighbour.
 
     Args:
         crop_size (`tuple[int, int]`): `(height, width)` of the output.
@@ -45,7 +49,7 @@ class SegmentationTransforms:
             `SegmentationTransforms.from_image_processor` to take a model's.
         scale_range (`tuple[float, float]`, *optional*, defaults to `(0.5, 2.0)`): Rescale ratios.
         ignore_index (`int`, *optional*, defaults to 255): Label of padded pixels.
-        eval_mode (`str`, *optional*, defaults to `"resize"`): `"resize"` or `"pad"`.
+        eval_mode (`str`, *optional*, defaults to `"resize"`): `"resize"`, `"pad"` or `"original"`.
         seed (`int`, *optional*): Seed of the augmentation's own generator (each worker process gets its own draws).
     """
 
@@ -64,8 +68,8 @@ class SegmentationTransforms:
             raise ValueError(f"crop_size must be (height, width) with positive sizes, got {self.crop_size}.")
         if not 0 < self.scale_range[0] <= self.scale_range[1]:
             raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {self.scale_range}.")
-        if self.eval_mode not in ("resize", "pad"):
-            raise ValueError(f"eval_mode must be 'resize' or 'pad', got {self.eval_mode!r}.")
+        if self.eval_mode not in EVAL_MODES:
+            raise ValueError(f"eval_mode must be one of {EVAL_MODES}, got {self.eval_mode!r}.")
         self._mean = torch.tensor(self.image_mean, dtype=torch.float32).view(-1, 1, 1)
         self._std = torch.tensor(self.image_std, dtype=torch.float32).view(-1, 1, 1)
         self._generator = torch.Generator()
@@ -102,6 +106,8 @@ class SegmentationTransforms:
         return pixels, label
 
     def _eval(self, pixels: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.eval_mode == "original":
+            return pixels, label
         if self.eval_mode == "resize":
             return _resize(pixels, label, self.crop_size)
         height, width = pixels.shape[-2:]

@@ -1,0 +1,41 @@
+"""`lad-hf distill`: an image-only student distilled from a frozen teacher, LAD or conventional (paper Eq. 8).
+
+lad-hf distill --config configs/cityscapes_deeplabv3_r18_distill.yaml
+accelerate launch scripts/distill.py --config configs/cityscapes_deeplabv3_r18_distill.yaml
+"""
+
+from ..data import SegmentationCollator
+from ..distillation_config import DistillationConfig
+from ..distillation_trainer import DistillationTrainer
+from .arguments import DataArguments, ModelArguments, parse_arguments
+from .common import build_model, checkpoint_to_resume, finish_run, load_data, load_image_processor, load_model
+
+
+DESCRIPTION = (
+    "Distil a frozen teacher into a student that sees only the image: cross-entropy plus CWD (or pixel KD) towards "
+    "the teacher's logits. A LAD teacher gets the noised label it was trained with."
+)
+
+
+def main(argv: list[str] | None = None, prog: str = "lad-hf distill") -> dict:
+    model_args, data_args, args, _ = parse_arguments(
+        (ModelArguments, DataArguments, DistillationConfig), argv, prog, DESCRIPTION
+    )
+    if args.teacher_model_name_or_path is None:
+        raise ValueError("Name the teacher: --teacher_model_name_or_path (a Hub id or the folder of a trained run).")
+    resume = checkpoint_to_resume(args)
+    image_processor = load_image_processor(model_args.model_name_or_path)
+    train_dataset, eval_dataset, id2label = load_data(data_args, args, image_processor)
+    teacher = load_model(args.teacher_model_name_or_path, "the teacher")
+    student = build_model(model_args, id2label)
+    trainer = DistillationTrainer(  # checks that the teacher predicts the dataset's classes
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=SegmentationCollator(),
+        processing_class=image_processor,
+    )
+    result = trainer.train(resume_from_checkpoint=resume)
+    return finish_run(trainer, result, data_args, model_args)

@@ -1,0 +1,33 @@
+"""`lad-hf train`: a supervised baseline of any segmentation model (cross-entropy only).
+
+lad-hf train --config configs/cityscapes_deeplabv3_r18_baseline.yaml
+accelerate launch scripts/train.py --config configs/cityscapes_deeplabv3_r18_baseline.yaml
+"""
+
+from ..data import SegmentationCollator
+from ..segmentation_trainer import SegmentationConfig, SegmentationTrainer
+from .arguments import DataArguments, ModelArguments, parse_arguments
+from .common import build_model, checkpoint_to_resume, finish_run, load_data, load_image_processor
+
+
+DESCRIPTION = "Train a segmentation model on its labels alone: the baseline that LAD's students are compared with."
+
+
+def main(argv: list[str] | None = None, prog: str = "lad-hf train") -> dict:
+    model_args, data_args, args, _ = parse_arguments(
+        (ModelArguments, DataArguments, SegmentationConfig), argv, prog, DESCRIPTION
+    )
+    resume = checkpoint_to_resume(args)
+    image_processor = load_image_processor(model_args.model_name_or_path)
+    train_dataset, eval_dataset, id2label = load_data(data_args, args, image_processor)
+    model = build_model(model_args, id2label)
+    trainer = SegmentationTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=SegmentationCollator(),
+        processing_class=image_processor,
+    )
+    result = trainer.train(resume_from_checkpoint=resume)
+    return finish_run(trainer, result, data_args, model_args)
