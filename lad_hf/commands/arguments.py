@@ -92,10 +92,14 @@ class DataArguments:
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on the first N samples only."})
 
     def __post_init__(self):
-        if len(self.crop_size) != 2 or (self.eval_size is not None and len(self.eval_size) != 2):
-            raise ValueError(f"crop_size and eval_size take two numbers, height width; got {self.crop_size}.")
-        if len(self.scale_range) != 2:
-            raise ValueError(f"scale_range takes two numbers, low high; got {self.scale_range}.")
+        for name, meaning in (
+            ("crop_size", "height width"),
+            ("eval_size", "height width"),
+            ("scale_range", "low high"),
+        ):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, list | tuple) or len(value) != 2):
+                raise ValueError(f"{name} takes two numbers, {meaning} (in YAML: [512, 1024]); got {value!r}.")
         if self.eval_mode not in ("resize", "pad", "original"):
             raise ValueError(f"eval_mode must be 'resize', 'pad' or 'original', got {self.eval_mode!r}.")
         if self.eval_split is not None and self.eval_split.lower() in ("", "none"):
@@ -189,6 +193,6 @@ def parse_arguments(dataclass_types: tuple, argv: list[str] | None, prog: str, d
         outputs = tuple(
             dtype(**{f.name: values[f.name] for f in fields(dtype) if f.init}) for dtype in dataclass_types
         )
-    except ValueError as error:
+    except (ValueError, TypeError) as error:  # a value out of range, or of the wrong shape (a number for a list)
         parser.error(str(error))
     return (*outputs, values)

@@ -1,0 +1,205 @@
+"""The training recipes in configs/: each one parses with its command's dataclasses and builds its model (on the meta
+device: no weights, no memory, no network), holds the paper's values, and together they cover the LAD paper's setups.
+"""
+
+import re
+import socket
+from functools import cache
+from pathlib import Path
+
+import huggingface_hub.constants
+import pytest
+import torch
+import yaml
+
+from lad_hf import (
+    DistillationConfig,
+    LadSegConfig,
+    LadSegForSemanticSegmentation,
+    LadTeacherConfig,
+    SegmentationConfig,
+    add_label_channel,
+)
+from lad_hf.commands.arguments import DataArguments, ModelArguments, parse_arguments
+from lad_hf.configuration_lad_seg import RESNET_BACKBONES
+from lad_hf.data import PRESETS
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+RECIPES = sorted(CONFIGS.glob("*.yaml"))
+NAME = re.compile(
+    r"(?P<dataset>[a-z0-9]+)_(?P<arch>[a-z0-9]+)_r(?P<depth>\d+)_(?P<role>teacher|baseline|distill|cwd_\w+)"
+)
+DATASETS = {
+    "cityscapes": "cityscapes",
+    "voc": "pascal_voc_aug",
+    "ade20k": "ade20k",
+    "cocostuff10k": "coco_stuff_10k",
+    "cocostuff164k": "coco_stuff_164k",
+}
+HEADS = {"deeplabv3": "aspp", "pspnet": "psp", "fcn": "fcn", "ocrnet": "ocr"}
+# role -> (lad-hf command, script, training arguments)
+COMMANDS = {
+    "teacher": ("train-teacher", "train_teacher.py", LadTeacherConfig),
+    "baseline": ("train", "train.py", SegmentationConfig),
+    "distill": ("distill", "distill.py", DistillationConfig),
+    "cwd": ("distill", "distill.py", DistillationConfig),
+}
+FLOAT_KEYS = (
+    "learning_rate",
+    "weight_decay",
+    "label_noise_alpha",
+    "label_scale",
+    "consistency_weight",
+    "consistency_temperature",
+    "kd_weight",
+    "kd_temperature",
+)
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+    """Nothing here may reach the Hub: offline mode, and any connection attempt fails the test."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.setenv(name, "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+    def refuse(self, address):
+        raise AssertionError(f"a recipe test tried to connect to {address}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+def split_name(path: Path) -> dict[str, str]:
+    match = NAME.fullmatch(path.stem)
+    assert match, f"{path.name}: recipes are named {{dataset}}_{{model}}_{{role}}.yaml"
+    parts = match.groupdict()
+    parts["kind"] = "cwd" if parts["role"].startswith("cwd_") else parts["role"]
+    return parts
+
+
+@cache
+def parse(path: Path) -> tuple:
+    """(model_args, data_args, training args, raw YAML) of a recipe, parsed as its command parses it."""
+    training_class = COMMANDS[split_name(path)["kind"]][2]
+    model_args, data_args, args, _ = parse_arguments(
+        (ModelArguments, DataArguments, training_class), ["--config", str(path)], "lad-hf", "recipe test"
+    )
+    return model_args, data_args, args, yaml.safe_load(path.read_text())
+
+
+def offline_backbone(backbone: str) -> str:
+    """`microsoft/resnet-18` -> `resnet-18`, which LadSegConfig builds without a download."""
+    name = backbone.removeprefix("microsoft/")
+    assert name in RESNET_BACKBONES, f"backbone {backbone} cannot be built offline in this test"
+    return name
+
+
+def test_there_are_recipes():
+    assert len(RECIPES) >= 30
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_recipe_header_names_its_commands(path):
+    command, script, _ = COMMANDS[split_name(path)["kind"]]
+    header = "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))
+    assert f"lad-hf {command} --config configs/{path.name}" in header
+    assert re.search(
+        rf"accelerate launch --num_processes \d+ scripts/{script}[\s\\#]+--config configs/{path.name}", header
+    )
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_recipe_parses_with_paper_values(path):
+    parts = split_name(path)
+    model_args, data_args, args, raw = parse(path)
+    for key in FLOAT_KEYS:  # YAML reads 1e-3 as a string and 1 as an int: floats must be written as floats
+        if key in raw:
+            assert isinstance(raw[key], float), f"{key}: {raw[key]!r} is not a float"
+    assert all(isinstance(x, float) for x in raw["scale_range"])
+    assert all(isinstance(x, float) for x in raw["lr_scheduler_kwargs"].values())
+
+    assert data_args.dataset_name == DATASETS[parts["dataset"]] and data_args.dataset_name in PRESETS
+    assert data_args.crop_size == ([512, 1024] if parts["dataset"] == "cityscapes" else [512, 512])
+    assert data_args.scale_range == [0.5, 2.0]
+    assert model_args.model_name_or_path is None
+    assert model_args.backbone == f"microsoft/resnet-{parts['depth']}" and model_args.use_pretrained_backbone
+    assert model_args.decode_head == HEADS[parts["arch"]] and model_args.output_stride == 8
+
+    assert args.output_dir == f"runs/{path.stem}"
+    assert args.optim == "sgd" and args.optim_args == "momentum=0.9"
+    assert args.lr_scheduler_type == "polynomial" and args.lr_scheduler_kwargs["power"] == 0.9
+    assert args.learning_rate in (0.01, 0.02) and args.weight_decay in (0.0001, 0.0005)
+    assert args.max_steps in (20000, 40000, 80000)
+    assert args.per_device_train_batch_size * 4 == 16  # the papers' batch of 16, on 4 GPUs
+    assert args.eval_strategy == "steps" and args.max_steps % args.eval_steps == 0
+    if parts["kind"] == "teacher":
+        assert args.label_noise_alpha == 0.01 and args.label_class_noise  # alpha, class-wise noising (Sec. 4.1)
+        assert args.consistency_weight == 1.0 and args.consistency_loss == "cwd"  # lambda, CWD (Sec. 4.1)
+        assert args.consistency_temperature == 4.0
+    if parts["kind"] in ("distill", "cwd"):
+        assert args.kd_loss == "cwd" and args.kd_weight == 3.0 and args.kd_temperature == 4.0  # CWD, beta (Sec. 4.1)
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_recipe_builds_its_model(path):
+    parts = split_name(path)
+    model_args, data_args, args, _ = parse(path)
+    preset = PRESETS[data_args.dataset_name]
+    config = LadSegConfig(
+        backbone=offline_backbone(model_args.backbone),
+        use_pretrained_backbone=False,  # the recipe's ImageNet weights need the Hub
+        decode_head=model_args.decode_head,
+        output_stride=model_args.output_stride,
+        decode_channels=model_args.decode_channels,
+        id2label=preset.id2label,
+        label2id={name: k for k, name in preset.id2label.items()},
+    )
+    with torch.device("meta"):
+        model = LadSegForSemanticSegmentation(config)
+        if parts["kind"] == "teacher":
+            add_label_channel(model, args.label_noiser(preset.num_labels), model_args.label_stem_channels)
+    assert all(p.is_meta for p in model.parameters())
+    assert model.config.num_labels == preset.num_labels
+    assert model.config.backbone_config.depths == RESNET_BACKBONES[f"resnet-{parts['depth']}"]["depths"]
+    if parts["kind"] == "teacher":
+        assert model.config.num_channels == 4 and model.config.label_noiser["alpha"] == 0.01
+    else:
+        assert model.config.num_channels == 3 and model.config.label_noiser is None
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in RECIPES if split_name(p)["kind"] in ("distill", "cwd")], ids=lambda p: p.stem
+)
+def test_distill_recipe_names_the_output_of_a_teacher_recipe(path):
+    parts = split_name(path)
+    _, data_args, args, _ = parse(path)
+    folder, _, teacher = args.teacher_model_name_or_path.partition("/")
+    assert folder == "runs", "a teacher trained by a recipe is found in runs/<recipe name>"
+    teacher_recipe = CONFIGS / f"{teacher}.yaml"
+    assert teacher_recipe.is_file(), f"{args.teacher_model_name_or_path} is the output of no recipe in configs/"
+    teacher_raw = yaml.safe_load(teacher_recipe.read_text())
+    assert teacher_raw["output_dir"] == args.teacher_model_name_or_path
+    assert teacher_raw["dataset_name"] == data_args.dataset_name
+    if parts["kind"] == "distill":  # LAD: the teacher is the student's own model, with the label (Tables 1, 4, 5)
+        assert teacher == f"{parts['dataset']}_{parts['arch']}_r{parts['depth']}_teacher"
+    else:  # conventional KD (CWD) from a bigger model trained on its own: cwd_r101 <- deeplabv3_r101_baseline
+        assert teacher == f"{parts['dataset']}_deeplabv3_{parts['role'].removeprefix('cwd_')}_baseline"
+
+
+def test_recipes_cover_the_paper():
+    names = {path.stem for path in RECIPES}
+    roles = ("teacher", "baseline", "distill")
+    wanted = {f"{d}_{m}_{r}" for d in DATASETS for m in ("deeplabv3_r18", "pspnet_r18") for r in roles}
+    # Table 5: ResNet-50 models on ADE20K, VOC and COCO-Stuff; Table 4: FCN on Cityscapes.
+    wanted |= {
+        f"{d}_{m}_{r}"
+        for d in ("voc", "ade20k", "cocostuff10k", "cocostuff164k")
+        for m in ("deeplabv3_r50", "pspnet_r50")
+        for r in roles
+    }
+    wanted |= {f"cityscapes_{m}_{r}" for m in ("fcn_r18", "fcn_r50") for r in roles}
+    # Tables 1 and 4: conventional KD with CWD from DeepLabV3-R101.
+    wanted |= {"cityscapes_deeplabv3_r101_baseline"}
+    wanted |= {f"cityscapes_{m}_cwd_r101" for m in ("deeplabv3_r18", "pspnet_r18", "fcn_r18", "fcn_r50")}
+    assert sorted(wanted - names) == []
