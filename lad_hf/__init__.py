@@ -11,6 +11,7 @@ from .label_channel import add_label_channel, build_teacher_inputs
 from .labels import check_labels
 from .lad_teacher_config import LadTeacherConfig
 from .lad_teacher_trainer import LadTeacherTrainer
+from .lora import apply_lora, dinov2_lora_config
 from .losses import (
     channel_wise_divergence,
     dual_path_consistency,
@@ -47,9 +48,11 @@ __all__ = [
     "SegmentationTrainer",
     "__version__",
     "add_label_channel",
+    "apply_lora",
     "build_teacher_inputs",
     "channel_wise_divergence",
     "check_labels",
+    "dinov2_lora_config",
     "dual_path_consistency",
     "noise_stability",
     "pixel_wise_divergence",

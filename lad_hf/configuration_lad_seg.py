@@ -15,7 +15,8 @@ RESNET_BACKBONES = {
     "resnet-50": {"layer_type": "bottleneck", "depths": [3, 4, 6, 3], "hidden_sizes": [256, 512, 1024, 2048]},
     "resnet-101": {"layer_type": "bottleneck", "depths": [3, 4, 23, 3], "hidden_sizes": [256, 512, 1024, 2048]},
 }
-DECODE_HEADS = ("fcn", "psp", "aspp", "ocr")
+DECODE_HEADS = ("fcn", "psp", "aspp", "ocr", "linear")
+LINEAR_HEAD_LAYERS = 4  # DINOv2's linear evaluation reads the last 4 layers
 OUTPUT_STRIDES = (8, 16, 32)
 
 
@@ -38,8 +39,10 @@ class LadSegConfig(PreTrainedConfig):
             8, 16 or 32 for ResNet backbones, reached by dilating the last stages as in the paper's dilated ResNets
             (default 8). Other backbones keep their native stride and take `None`.
         decode_head (`str`, *optional*, defaults to `"aspp"`):
-            `"fcn"` (FCN), `"psp"` (PSPNet pyramid pooling), `"aspp"` (DeepLabV3 ASPP with image pooling) or `"ocr"`
-            (OCRNet object-contextual head, which reads its soft object regions from the auxiliary head).
+            `"fcn"` (FCN), `"psp"` (PSPNet pyramid pooling), `"aspp"` (DeepLabV3 ASPP with image pooling), `"ocr"`
+            (OCRNet object-contextual head, which reads its soft object regions from the auxiliary head), or
+            `"linear"` (DINOv2's linear evaluation head: batch norm and a 1x1 convolution over the concatenated last
+            4 layers, its logits upsampled to the input; for ViT backbones such as DINOv2).
         decode_channels (`int`, *optional*):
             Width of the decode head. Defaults follow the paper's code: ASPP 128 on backbones of at most 512 channels
             (R18/R34), else 256; PSP and FCN a quarter of the input channels; OCR 512.
@@ -47,7 +50,8 @@ class LadSegConfig(PreTrainedConfig):
         psp_bins (`list[int]`, *optional*, defaults to `(1, 2, 3, 6)`): Pooled grid sizes of the PSP head.
         ocr_key_channels (`int`, *optional*, defaults to 256): Width of the OCR attention.
         dropout (`float`, *optional*, defaults to 0.1): Dropout before each classifier.
-        use_auxiliary_head (`bool`, *optional*, defaults to `True`): FCN head on the penultimate stage.
+        use_auxiliary_head (`bool`, *optional*): FCN head on the penultimate stage; default `True`, except with the
+            `"linear"` head, which has none.
         auxiliary_loss_weight (`float`, *optional*, defaults to 0.4): Weight of its cross-entropy.
         num_channels (`int`, *optional*, defaults to 3): Input channels; a LAD teacher has 4 (image + label channel).
         label_noiser (`dict`, *optional*): The `LabelNoiser` settings a LAD teacher was trained with.
@@ -79,7 +83,7 @@ class LadSegConfig(PreTrainedConfig):
     psp_bins: list[int] | tuple[int, ...] = (1, 2, 3, 6)
     ocr_key_channels: int = 256
     dropout: float = 0.1
-    use_auxiliary_head: bool = True
+    use_auxiliary_head: bool | None = None
     auxiliary_loss_weight: float = 0.4
     num_channels: int = 3
     label_noiser: dict | None = None
@@ -100,6 +104,10 @@ class LadSegConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         if self.decode_head not in DECODE_HEADS:
             raise ValueError(f"decode_head must be one of {DECODE_HEADS}, got {self.decode_head!r}.")
+        if self.use_auxiliary_head is None:
+            self.use_auxiliary_head = self.decode_head != "linear"
+        if self.decode_head == "linear" and self.use_auxiliary_head:
+            raise ValueError("decode_head='linear' has no auxiliary head: leave use_auxiliary_head unset (or False).")
         if self.decode_head == "ocr" and not self.use_auxiliary_head:
             raise ValueError(
                 "decode_head='ocr' reads its object regions from the auxiliary head: keep use_auxiliary_head=True."
@@ -123,8 +131,12 @@ class LadSegConfig(PreTrainedConfig):
             )
         if self.label_stem_channels is not None and self.num_channels < 2:
             raise ValueError("label_stem_channels needs the label as the last of at least 2 input channels.")
-        # The heads read the last stage, the auxiliary head the one before it.
-        self.backbone_config.out_features = self.backbone_config.stage_names[-2:]
+        # The heads read the last stage, the auxiliary head the one before it; the linear head the last 4 layers.
+        stages = self.backbone_config.stage_names
+        if self.decode_head == "linear":
+            self.backbone_config.out_features = [s for s in stages if s != "stem"][-LINEAR_HEAD_LAYERS:]
+        else:
+            self.backbone_config.out_features = stages[-2:]
         self.backbone_config.num_channels = self.num_channels
 
 

@@ -3,16 +3,21 @@
 import os
 
 import torch
+from peft import PeftConfig, PeftModel
 from transformers import AutoModelForSemanticSegmentation, PreTrainedModel
+from transformers.utils import logging
 
 from .distillation_config import DistillationConfig
 from .label_channel import build_teacher_inputs
+from .lora import apply_lora
 from .losses import channel_wise_divergence, pixel_wise_divergence, segmentation_cross_entropy
 from .noising import LabelNoiser
 from .segmentation_trainer import SegmentationTrainer
 
 
 __all__ = ["DistillationTrainer"]
+
+logger = logging.get_logger(__name__)
 
 
 def _class_names(config) -> list[str] | None:
@@ -55,6 +60,9 @@ class DistillationTrainer(SegmentationTrainer):
         teacher_model (`PreTrainedModel` or `str`, *optional*): The teacher, or a Hub id / local folder loaded with
             `AutoModelForSemanticSegmentation.from_pretrained`. Defaults to `args.teacher_model_name_or_path`.
         args (`DistillationConfig`): Training arguments.
+        peft_config (`peft.PeftConfig`, *optional*): Train the student through these adapters (e.g.
+            `lad_hf.dinov2_lora_config()`): only the adapters and the `modules_to_save` train, and saving writes the
+            adapter only. A `PeftModel` student works the same without it.
         **kwargs: Passed on to `Trainer`.
 
     Example:
@@ -69,6 +77,7 @@ class DistillationTrainer(SegmentationTrainer):
         model=None,
         teacher_model: PreTrainedModel | str | os.PathLike | None = None,
         args: DistillationConfig | None = None,
+        peft_config: PeftConfig | None = None,
         **kwargs,
     ):
         args = args if args is not None else DistillationConfig(output_dir="trainer_output")
@@ -83,6 +92,14 @@ class DistillationTrainer(SegmentationTrainer):
         if isinstance(teacher_model, str | os.PathLike):
             teacher_model = AutoModelForSemanticSegmentation.from_pretrained(teacher_model)
         check_same_label_set(model.config, teacher_model.config)
+        if peft_config is not None:
+            model = apply_lora(model, peft_config)
+        if isinstance(model, PeftModel):
+            trainable, total = model.get_nb_trainable_parameters()
+            logger.warning(
+                f"Student with adapters: {trainable:,} of {total:,} parameters train "
+                f"({100 * trainable / total:.2f}%): the adapters and the modules to save."
+            )
         super().__init__(model=model, args=args, **kwargs)
 
         teacher_model.requires_grad_(False).eval()
@@ -117,6 +134,13 @@ class DistillationTrainer(SegmentationTrainer):
         if self.teacher_noiser is not None:
             settings["teacher's label noise alpha"] = self.teacher_noiser.alpha
             settings["teacher's random class codes"] = self.teacher_noiser.class_noise
+        if isinstance(self.model, PeftModel):
+            peft_config = self.model.peft_config["default"]
+            trainable, total = self.model.get_nb_trainable_parameters()
+            settings["adapters"] = f"{peft_config.peft_type.value} r={peft_config.r}, alpha={peft_config.lora_alpha}"
+            settings["adapter targets"] = str(peft_config.target_modules)
+            settings["trained in full"] = str(sorted(peft_config.modules_to_save or []))
+            settings["trainable parameters"] = f"{trainable:,} of {total:,}"
         return settings
 
     def task_loss(self, outputs, labels: torch.Tensor) -> torch.Tensor:

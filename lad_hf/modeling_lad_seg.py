@@ -134,6 +134,19 @@ class ObjectContextHead(nn.Module):
         return self.classifier(self.dropout(fused))
 
 
+class LinearHead(nn.Module):
+    """DINOv2's linear evaluation head: batch norm and a 1x1 classifier over the concatenated feature maps."""
+
+    def __init__(self, in_channels: int, num_labels: int, dropout: float):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(in_channels)
+        self.dropout = nn.Dropout2d(dropout)
+        self.classifier = nn.Conv2d(in_channels, num_labels, 1)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.classifier(self.dropout(self.norm(torch.cat(features, 1))))
+
+
 def dilate_resnet(backbone: nn.Module, output_stride: int) -> None:
     """Give a transformers `ResNetBackbone` an output stride of 8 or 16 by dilating its last stages in place.
 
@@ -180,8 +193,9 @@ class LadSegForSemanticSegmentation(LadSegPreTrainedModel):
 
     `forward(pixel_values, labels=None)` returns a `LadSegOutput` (a `SemanticSegmenterOutput`) whose `logits` have
     the resolution of the last backbone stage (1/8 of the input for the default dilated ResNets), like Segformer's;
-    upsample them for predictions. With `labels`, `loss` is the cross-entropy of the upsampled logits plus
-    `auxiliary_loss_weight` times that of the auxiliary head.
+    upsample them for predictions. The `"linear"` head's logits are upsampled to the input already. ViT backbones
+    (DINOv2) get their input resized to the nearest multiple of their patch size. With `labels`, `loss` is the
+    cross-entropy of the upsampled logits plus `auxiliary_loss_weight` times that of the auxiliary head.
     """
 
     def __init__(self, config: LadSegConfig):
@@ -190,6 +204,8 @@ class LadSegForSemanticSegmentation(LadSegPreTrainedModel):
         if config.output_stride is not None and config.output_stride < 32:
             dilate_resnet(self.backbone, config.output_stride)
         penultimate_channels, last_channels = self.backbone.channels[-2:]
+        # ViT backbones read patches: inputs are resized to a multiple of the patch size.
+        self.patch_size = getattr(config.backbone_config, "patch_size", None)
         num_labels, dropout = config.num_labels, config.dropout
 
         head, channels = config.decode_head, config.decode_channels
@@ -201,10 +217,12 @@ class LadSegForSemanticSegmentation(LadSegPreTrainedModel):
         elif head == "aspp":
             channels = channels or (128 if last_channels <= 512 else 256)
             self.decode_head = ASPPHead(last_channels, channels, num_labels, config.aspp_rates, dropout)
-        else:
+        elif head == "ocr":
             self.decode_head = ObjectContextHead(
                 last_channels, channels or 512, config.ocr_key_channels, num_labels, dropout
             )
+        else:
+            self.decode_head = LinearHead(sum(self.backbone.channels), num_labels, dropout)
         self.auxiliary_head = (
             FCNHead(penultimate_channels, penultimate_channels // 4, num_labels, dropout)
             if config.use_auxiliary_head
@@ -262,6 +280,10 @@ class LadSegForSemanticSegmentation(LadSegPreTrainedModel):
                 spatial_size=pixel_values.shape[-2:],
                 batch_size=pixel_values.shape[0],
             )
+        size = pixel_values.shape[-2:]
+        if self.patch_size is not None and (size[0] % self.patch_size or size[1] % self.patch_size):
+            snapped = [max(1, round(side / self.patch_size)) * self.patch_size for side in size]
+            pixel_values = F.interpolate(pixel_values, size=snapped, mode="bilinear", align_corners=False)
         features = self.backbone(pixel_values).feature_maps
         auxiliary_logits = None
         # Inference skips the auxiliary head unless the OCR head reads it or a loss needs it.
@@ -271,6 +293,9 @@ class LadSegForSemanticSegmentation(LadSegPreTrainedModel):
             auxiliary_logits = self.auxiliary_head(features[-2])
         if self.config.decode_head == "ocr":
             logits = self.decode_head(features[-1], auxiliary_logits)
+        elif self.config.decode_head == "linear":
+            logits = self.decode_head(list(features))
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         else:
             logits = self.decode_head(features[-1])
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import tiny_lad_seg_config, tiny_segformer
+from conftest import tiny_dinov2, tiny_lad_seg_config, tiny_segformer
 from PIL import Image
 from test_metrics import free_port
 from transformers import AutoModelForSemanticSegmentation
 
-from lad_hf import LadSegForSemanticSegmentation
+from lad_hf import LadSegConfig, LadSegForSemanticSegmentation
 from lad_hf.cli import main
 from lad_hf.data import DIGIT_SCENES_ID2LABEL, build_digit_scenes, load_segmentation_dataset
 
@@ -56,8 +56,8 @@ def run(workspace: Path, *argv: str) -> None:
     assert main([argv[0], "--config", str(workspace / "tiny.yaml"), *argv[1:]]) == 0
 
 
-def card_and_results(run_dir: Path, evaluated: bool = True) -> tuple[str, dict]:
-    for name in ("train_results.json", "trainer_state.json", "model.safetensors", "checkpoint-2"):
+def card_and_results(run_dir: Path, evaluated: bool = True, weights: str = "model.safetensors") -> tuple[str, dict]:
+    for name in ("train_results.json", "trainer_state.json", weights, "checkpoint-2"):
         assert (run_dir / name).exists(), name
     assert (run_dir / "eval_results.json").exists() == evaluated
     return (run_dir / "README.md").read_text(), json.loads((run_dir / "all_results.json").read_text())
@@ -238,3 +238,22 @@ def test_distill_script_under_accelerate_launch_in_two_processes(workspace):
     card, results = card_and_results(out)
     assert "| processes | 2 |" in card and 0.0 <= results["eval_mean_iou"] <= 1.0
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 2
+
+
+def test_lora_distill_of_a_dinov2_student_saves_an_adapter_that_evaluates(workspace):
+    dinov2 = LadSegConfig(backbone=tiny_dinov2(), decode_head="linear", id2label=DIGIT_SCENES_ID2LABEL)
+    LadSegForSemanticSegmentation(dinov2).save_pretrained(workspace / "tiny_dinov2")
+    teacher = workspace / "lora_teacher"
+    run(workspace, "train-teacher", "--output_dir", str(teacher), "--eval_split", "none")
+    out = workspace / "lora_student"
+    options = ["--model_name_or_path", str(workspace / "tiny_dinov2"), "--teacher_model_name_or_path", str(teacher)]
+    run(workspace, "distill", *options, "--lora_r", "2", "--output_dir", str(out))
+    card, results = card_and_results(out, weights="adapter_model.safetensors")
+    assert "| adapters | `LORA r=2, alpha=16` |" in card and "q_proj" in card and "decode_head" in card
+    assert not (out / "model.safetensors").exists() and (out / "base_model" / "model.safetensors").exists()
+
+    # The run folder loads on its own (base model + adapter) and evaluates to the same mIoU.
+    evaluated = workspace / "lora_eval"
+    run(workspace, "evaluate", "--model_name_or_path", str(out), "--output_dir", str(evaluated))
+    metrics = json.loads((evaluated / "eval_results.json").read_text())
+    assert metrics["eval_mean_iou"] == pytest.approx(results["eval_mean_iou"])

@@ -48,6 +48,19 @@ class ModelArguments:
             "default: one more channel of the input convolution, as in the paper."
         },
     )
+    lora_r: int | None = field(
+        default=None,
+        metadata={
+            "help": "distill: train the student through LoRA adapters of this rank (peft), the head in full; the run "
+            "saves the adapter, and the base model in output_dir/base_model. Default targets: DINOv2's attention."
+        },
+    )
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (scaling numerator)."})
+    lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA path."})
+    lora_target_modules: str | None = field(
+        default=None,
+        metadata={"help": "Regex of the module names to adapt (default: the backbone's attention projections)."},
+    )
 
 
 @dataclass
