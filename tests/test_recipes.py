@@ -11,6 +11,7 @@ import huggingface_hub.constants
 import pytest
 import torch
 import yaml
+from transformers import Dinov2Config
 
 from lad_hf import (
     DistillationConfig,
@@ -19,6 +20,8 @@ from lad_hf import (
     LadTeacherConfig,
     SegmentationConfig,
     add_label_channel,
+    apply_lora,
+    dinov2_lora_config,
 )
 from lad_hf.commands.arguments import DataArguments, ModelArguments, parse_arguments
 from lad_hf.configuration_lad_seg import RESNET_BACKBONES
@@ -26,7 +29,9 @@ from lad_hf.data import PRESETS
 
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-RECIPES = sorted(CONFIGS.glob("*.yaml"))
+# The paper's ResNet setups; the DINOv2 + LoRA recipe has a test of its own.
+RECIPES = sorted(p for p in CONFIGS.glob("*.yaml") if "dinov2" not in p.stem)
+DINOV2_RECIPE = CONFIGS / "voc_dinov2_small_lora_distill.yaml"
 NAME = re.compile(
     r"(?P<dataset>[a-z0-9]+)_(?P<arch>[a-z0-9]+)_r(?P<depth>\d+)_(?P<role>teacher|baseline|distill|cwd_\w+)"
 )
@@ -203,3 +208,28 @@ def test_recipes_cover_the_paper():
     wanted |= {"cityscapes_deeplabv3_r101_baseline"}
     wanted |= {f"cityscapes_{m}_cwd_r101" for m in ("deeplabv3_r18", "pspnet_r18", "fcn_r18", "fcn_r50")}
     assert sorted(wanted - names) == []
+
+
+def test_dinov2_lora_recipe_builds_its_student_and_adapters():
+    model_args, data_args, args, _ = parse_arguments(
+        (ModelArguments, DataArguments, DistillationConfig), ["--config", str(DINOV2_RECIPE)], "lad-hf", "test"
+    )
+    header = "".join(line for line in DINOV2_RECIPE.read_text().splitlines(keepends=True) if line.startswith("#"))
+    assert f"lad-hf distill --config configs/{DINOV2_RECIPE.name}" in header
+    assert model_args.backbone == "facebook/dinov2-small" and model_args.decode_head == "linear"
+    assert data_args.dataset_name == "pascal_voc_aug" and data_args.crop_size[0] % 14 == 0
+    assert args.kd_loss == "cwd" and args.kd_weight == 3.0
+    assert (CONFIGS / f"{args.teacher_model_name_or_path.removeprefix('runs/')}.yaml").is_file()
+    # facebook/dinov2-small's architecture (ViT-S/14), built offline on the meta device.
+    backbone = Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, patch_size=14)
+    preset = PRESETS[data_args.dataset_name]
+    with torch.device("meta"):
+        student = LadSegForSemanticSegmentation(
+            LadSegConfig(backbone=backbone, decode_head=model_args.decode_head, id2label=preset.id2label)
+        )
+        lora = dinov2_lora_config(r=model_args.lora_r, alpha=model_args.lora_alpha, dropout=model_args.lora_dropout)
+        student = apply_lora(student, lora)
+    trainable, total = student.get_nb_trainable_parameters()
+    adapters = 12 * 4 * 2 * 384 * model_args.lora_r  # 12 layers, q/k/v/o, A and B
+    head = 2 * 4 * 384 + 4 * 384 * preset.num_labels + preset.num_labels  # BN over 4 layers, 1x1 classifier
+    assert trainable == adapters + head and total > 20_000_000
