@@ -4,10 +4,11 @@ import os
 
 import torch
 from peft import PeftConfig, PeftModel
-from transformers import AutoModelForSemanticSegmentation, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers.utils import logging
 
 from .distillation_config import DistillationConfig
+from .hub import load_segmentation_model
 from .label_channel import build_teacher_inputs
 from .lora import apply_lora
 from .losses import channel_wise_divergence, pixel_wise_divergence, segmentation_cross_entropy
@@ -90,7 +91,7 @@ class DistillationTrainer(SegmentationTrainer):
                 "DistillationConfig.teacher_model_name_or_path."
             )
         if isinstance(teacher_model, str | os.PathLike):
-            teacher_model = AutoModelForSemanticSegmentation.from_pretrained(teacher_model)
+            teacher_model = load_segmentation_model(os.fspath(teacher_model), "the teacher")
         check_same_label_set(model.config, teacher_model.config)
         if peft_config is not None:
             model = apply_lora(model, peft_config)

@@ -1,60 +1,25 @@
 """The steps the `lad-hf` training and evaluation commands share: data, models, output folders, results."""
 
-import os
 import shutil
 from pathlib import Path
 
-from huggingface_hub import constants
-from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation, PreTrainedModel
+from transformers import AutoImageProcessor, PreTrainedModel
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
 from ..configuration_lad_seg import LadSegConfig
 from ..data import PRESETS, SegmentationTransforms, dataset_id2label, load_segmentation_dataset
+from ..hub import load_segmentation_model
 from ..modeling_lad_seg import LadSegForSemanticSegmentation
 from ..segmentation_trainer import SegmentationConfig
 from .arguments import DataArguments, ModelArguments
 
 
-__all__ = ["build_model", "checkpoint_to_resume", "finish_run", "load_data", "load_model"]
+__all__ = ["build_model", "checkpoint_to_resume", "finish_run", "load_data", "load_image_processor"]
 
 logger = logging.get_logger(__name__)
 
 FINISHED_MARKER = "all_results.json"
-
-
-def _looks_local(name: str) -> bool:
-    """A name that can only be a local path: Hub ids are `name` or `owner/name`, and `owner` is no local folder."""
-    return (
-        name.startswith((".", "/", "~")) or name.count("/") > 1 or ("/" in name and os.path.isdir(name.split("/")[0]))
-    )
-
-
-def _not_found(what: str, name: str, error: Exception | None, kind: str) -> ValueError:
-    path = os.path.abspath(name)
-    if os.path.exists(path):
-        looked = f"the folder {path} exists but holds no loadable {kind}"
-    elif _looks_local(name):
-        looked = f"there is no file or folder {path}"
-    else:
-        looked = f"there is no file or folder {path}, and no {kind} '{name}' on {constants.ENDPOINT}"
-    reason = str(error).strip().splitlines()[0] if error is not None and str(error).strip() else None
-    return ValueError(f"Could not load {what} '{name}': {looked}" + (f" ({reason})." if reason else "."))
-
-
-def _check_exists_if_local(name: str, what: str, kind: str) -> None:
-    """Fail at once, without asking the Hub, for a local path that does not exist."""
-    if isinstance(name, str) and _looks_local(name) and not os.path.exists(name):
-        raise _not_found(what, name, None, kind)
-
-
-def load_model(name_or_path: str, what: str = "the model", **kwargs) -> PreTrainedModel:
-    """`AutoModelForSemanticSegmentation.from_pretrained`, with an error that says what was looked for."""
-    _check_exists_if_local(name_or_path, what, "model")
-    try:
-        return AutoModelForSemanticSegmentation.from_pretrained(name_or_path, **kwargs)
-    except (OSError, ValueError) as error:
-        raise _not_found(what, name_or_path, error, "model") from None
 
 
 def load_image_processor(name_or_path: str | None):
@@ -71,7 +36,7 @@ def build_model(model_args: ModelArguments, id2label: dict[int, str]) -> PreTrai
     """The model to train: `model_name_or_path` with a head for these classes, or a new LadSeg model."""
     label2id = {name: k for k, name in id2label.items()}
     if model_args.model_name_or_path is not None:
-        return load_model(
+        return load_segmentation_model(
             model_args.model_name_or_path,
             id2label=id2label,
             label2id=label2id,
@@ -105,16 +70,9 @@ def load_data(data_args: DataArguments, args: SegmentationConfig, image_processo
         label_column=data_args.label_column,
         ignore_index=args.ignore_index,
     )
-    _check_exists_if_local(name, "the dataset", "dataset")
-    try:
-        id2label = dataset_id2label(
-            name,
-            preset=data_args.dataset_preset,
-            label_column=data_args.label_column,
-            config_name=common["config_name"],
-        )
-    except (OSError, ValueError) as error:  # not found locally, nor on the Hub (or the Hub is unreachable)
-        raise _not_found("the dataset", name, error, "dataset") from None
+    id2label = dataset_id2label(
+        name, preset=data_args.dataset_preset, label_column=data_args.label_column, config_name=common["config_name"]
+    )
     if id2label is None:
         raise ValueError(
             f'The dataset \'{name}\' names no classes: add an id2label.json ({{"0": "background", ...}}) to its '

@@ -9,9 +9,10 @@ import os
 from ..data import SegmentationCollator
 from ..distillation_config import DistillationConfig
 from ..distillation_trainer import DistillationTrainer
+from ..hub import load_segmentation_model
 from ..lora import dinov2_lora_config
 from .arguments import DataArguments, ModelArguments, parse_arguments
-from .common import build_model, checkpoint_to_resume, finish_run, load_data, load_image_processor, load_model
+from .common import build_model, checkpoint_to_resume, finish_run, load_data, load_image_processor
 
 
 DESCRIPTION = (
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None, prog: str = "lad-hf distill") -> dict:
     resume = checkpoint_to_resume(args)
     image_processor = load_image_processor(model_args.model_name_or_path)
     train_dataset, eval_dataset, id2label = load_data(data_args, args, image_processor)
-    teacher = load_model(args.teacher_model_name_or_path, "the teacher")
+    teacher = load_segmentation_model(args.teacher_model_name_or_path, "the teacher")
     student = build_model(model_args, id2label)
     peft_config = None
     if model_args.lora_r is not None:
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None, prog: str = "lad-hf distill") -> dict:
         with args.main_process_first(local=False, desc="saving the base model"):
             if args.process_index == 0 and not os.path.isdir(base_dir):
                 student.save_pretrained(base_dir)
-            student = load_model(base_dir, "the base model")
+            student = load_segmentation_model(base_dir, "the base model")
     trainer = DistillationTrainer(  # checks that the teacher predicts the dataset's classes
         model=student,
         teacher_model=teacher,

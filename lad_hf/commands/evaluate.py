@@ -9,13 +9,14 @@ sliding-window inference.
 from dataclasses import fields
 
 from ..data import SegmentationCollator
+from ..hub import load_segmentation_model
 from ..inference import TTASegmenter
 from ..lad_teacher_config import LadTeacherConfig
 from ..lad_teacher_trainer import LadTeacherTrainer
 from ..noising import LabelNoiser
 from ..segmentation_trainer import SegmentationConfig, SegmentationTrainer
 from .arguments import DataArguments, InferenceArguments, ModelArguments, parse_arguments
-from .common import load_data, load_image_processor, load_model
+from .common import load_data, load_image_processor
 
 
 DESCRIPTION = (
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None, prog: str = "lad-hf evaluate") -> dict:
         raise ValueError("Name the model to evaluate: --model_name_or_path (a Hub id or the folder of a run).")
     if data_args.eval_split is None:
         raise ValueError("Name the split to evaluate on: --eval_split (e.g. validation or test).")
-    model = load_model(model_args.model_name_or_path)
+    model = load_segmentation_model(model_args.model_name_or_path)
     image_processor = load_image_processor(model_args.model_name_or_path)
     _, eval_dataset, _ = load_data(data_args, args, image_processor, train=False)
     common = dict(eval_dataset=eval_dataset, data_collator=SegmentationCollator())

@@ -17,9 +17,10 @@ from tqdm.auto import tqdm
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from ..data.digit_scenes import class_palette
+from ..hub import load_segmentation_model
 from ..inference import segment
 from .arguments import InferenceArguments, PredictArguments, parse_arguments
-from .common import load_image_processor, load_model
+from .common import load_image_processor
 
 
 DESCRIPTION = "Segment images with a trained model: PNG class maps and colour overlays."
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None, prog: str = "lad-hf predict") -> list[Pa
         raise ValueError("Name the images: --inputs FILE_OR_FOLDER [...].")
     files = find_images(args.inputs)
     check_images(files)
-    model = load_model(args.model_name_or_path).to(args.device).eval()
+    model = load_segmentation_model(args.model_name_or_path).to(args.device).eval()
     if getattr(model.config, "label_noiser", None) is not None:
         raise ValueError(
             f"{args.model_name_or_path} is a LAD teacher: it needs the ground-truth label as input. Predict with a "

@@ -4,17 +4,24 @@ import io
 import json
 import os
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, Image, IterableDataset, load_dataset, load_dataset_builder
 from huggingface_hub import hf_hub_download
-from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+)
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 from transformers.utils import logging
 
+from ..hub import check_local_path, not_found_error
 from ..labels import check_labels
 from .presets import PRESETS, SegmentationPreset
 from .transforms import SegmentationTransforms
@@ -191,6 +198,20 @@ def _pick(columns: list[str], given: str | None, candidates: tuple[str, ...], wh
     )
 
 
+@contextmanager
+def _clear_not_found(name_or_path):
+    """Turn "not found" and "unreachable" errors of a dataset name into one that says which path and which Hub id on
+    which endpoint were looked for (parquet file lists keep datasets' own errors)."""
+    if not isinstance(name_or_path, str) or name_or_path.endswith(".parquet"):
+        yield
+        return
+    check_local_path(name_or_path, "the dataset", "dataset")
+    try:
+        yield
+    except (OSError, HFValidationError) as error:  # not found locally nor on the Hub, or the Hub is unreachable
+        raise not_found_error("the dataset", name_or_path, error, "dataset") from None
+
+
 def _resolve_preset(name_or_path, preset: str | None, config_name: str | None, revision: str | None):
     """`(name_or_path, SegmentationPreset or None, config_name, revision)`, a preset name replaced by its Hub id."""
     if isinstance(name_or_path, os.PathLike):
@@ -219,7 +240,8 @@ def dataset_id2label(
         return dict(preset.id2label)
     features = None
     if isinstance(name_or_path, str) and not name_or_path.endswith(".parquet"):
-        features = load_dataset_builder(name_or_path, config_name, revision=revision).info.features
+        with _clear_not_found(name_or_path):
+            features = load_dataset_builder(name_or_path, config_name, revision=revision).info.features
     if features is not None and label_column is None:
         label_column = next((c for c in LABEL_COLUMNS if c in features), None)
     return find_id2label(name_or_path, features, label_column, revision=revision)
@@ -281,7 +303,8 @@ def load_segmentation_dataset(
         label_mapping = label_mapping or preset.label_mapping
     ignore_index = 255 if ignore_index is None else ignore_index
 
-    raw = _load_raw(name_or_path, split, streaming, config_name, revision, **load_kwargs)
+    with _clear_not_found(name_or_path):
+        raw = _load_raw(name_or_path, split, streaming, config_name, revision, **load_kwargs)
     columns = list(raw.features) if raw.features is not None else list(next(iter(raw)))
     image_column = _pick(columns, image_column, IMAGE_COLUMNS, "image", name_or_path)
     label_column = _pick(columns, label_column, LABEL_COLUMNS, "label", name_or_path)

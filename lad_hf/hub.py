@@ -1,0 +1,44 @@
+"""Loading from local folders or the Hub, with errors that say what was looked for and where."""
+
+import os
+
+from huggingface_hub import constants
+from transformers import AutoModelForSemanticSegmentation, PreTrainedModel
+
+
+__all__ = ["check_local_path", "load_segmentation_model", "looks_local", "not_found_error"]
+
+
+def looks_local(name: str) -> bool:
+    """A name that can only be a local path: Hub ids are `name` or `owner/name`, and `owner` is no local folder."""
+    return (
+        name.startswith((".", "/", "~")) or name.count("/") > 1 or ("/" in name and os.path.isdir(name.split("/")[0]))
+    )
+
+
+def not_found_error(what: str, name: str, error: Exception | None, kind: str) -> ValueError:
+    """An error that says which local path and which Hub id on which endpoint were looked for."""
+    path = os.path.abspath(name)
+    if os.path.exists(path):
+        looked = f"the folder {path} exists but holds no loadable {kind}"
+    elif looks_local(name):
+        looked = f"there is no file or folder {path}"
+    else:
+        looked = f"there is no file or folder {path}, and no {kind} '{name}' on {constants.ENDPOINT}"
+    reason = str(error).strip().splitlines()[0] if error is not None and str(error).strip() else None
+    return ValueError(f"Could not load {what} '{name}': {looked}" + (f" ({reason})." if reason else "."))
+
+
+def check_local_path(name: str, what: str, kind: str) -> None:
+    """Fail at once, without asking the Hub, for a local path that does not exist."""
+    if isinstance(name, str) and looks_local(name) and not os.path.exists(name):
+        raise not_found_error(what, name, None, kind)
+
+
+def load_segmentation_model(name_or_path: str, what: str = "the model", **kwargs) -> PreTrainedModel:
+    """`AutoModelForSemanticSegmentation.from_pretrained`, with an error that says what was looked for."""
+    check_local_path(name_or_path, what, "model")
+    try:
+        return AutoModelForSemanticSegmentation.from_pretrained(name_or_path, **kwargs)
+    except (OSError, ValueError) as error:
+        raise not_found_error(what, name_or_path, error, "model") from None
