@@ -155,8 +155,12 @@ class SegmentationTrainer(Trainer):
         `push_to_hub` calls this too, so the pushed card is this one."""
         if not self.is_world_process_zero():
             return
-        model_id = model_name or self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir))
         args = self.args
+        # push_to_hub names the model by the last part of hub_model_id: the card's usage wants the whole id.
+        if args.hub_model_id is not None and (model_name is None or args.hub_model_id.endswith(f"/{model_name}")):
+            model_id = args.hub_model_id
+        else:
+            model_id = model_name or os.path.basename(os.path.abspath(args.output_dir))
         training = {
             "steps": self.state.global_step or args.max_steps,
             "batch size per device": args.per_device_train_batch_size,

@@ -111,3 +111,22 @@ class TinySegModel(PreTrainedModel):
         logits = self.classifier(torch.relu(self.conv(pixel_values)))
         loss = segmentation_cross_entropy(logits, labels) if labels is not None else None
         return SemanticSegmenterOutput(loss=loss, logits=logits)
+
+
+@pytest.fixture
+def local_hub(tmp_path, monkeypatch):
+    """A local Hub (see `hub_server.py`) that huggingface_hub, datasets, transformers and peft talk to.
+
+    Function-scoped: each test gets an empty server on a free port of 127.0.0.1, its repos under
+    `tmp_path / "hub-storage"` and fresh HF caches under `tmp_path / "hf-home"`. The environment variables are set
+    too, so a subprocess started by the test uses the same hub. Yields the `LocalHub`: `.endpoint`, `.token` (also
+    in `HF_TOKEN`, so writes need no `token=`), `.root` (the storage), `.requests` (every request served) and
+    `.unhandled` (requests the server has no route for or failed on). In this process, resolving any host other than
+    127.0.0.1 fails at once, and fails the test at teardown.
+    """
+    from hub_server import LocalHub, point_clients_at
+
+    with LocalHub(tmp_path / "hub-storage") as hub:
+        outside = point_clients_at(hub, monkeypatch, tmp_path / "hf-home")
+        yield hub
+    assert not outside, f"a test using local_hub tried to reach {sorted(set(outside))}"
