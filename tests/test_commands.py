@@ -8,8 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from conftest import tiny_dinov2, tiny_lad_seg_config, tiny_segformer
+from huggingface_hub import HfApi, hf_hub_download
+from peft import PeftModel
 from PIL import Image
 from test_metrics import free_port
 from transformers import AutoModelForSemanticSegmentation
@@ -240,14 +243,15 @@ def test_distill_script_under_accelerate_launch_in_two_processes(workspace):
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 2
 
 
-def test_lora_distill_of_a_dinov2_student_saves_an_adapter_that_evaluates(workspace):
+def test_lora_distill_of_a_dinov2_student_saves_an_adapter_that_evaluates(workspace, local_hub):
     dinov2 = LadSegConfig(backbone=tiny_dinov2(), decode_head="linear", id2label=DIGIT_SCENES_ID2LABEL)
     LadSegForSemanticSegmentation(dinov2).save_pretrained(workspace / "tiny_dinov2")
     teacher = workspace / "lora_teacher"
     run(workspace, "train-teacher", "--output_dir", str(teacher), "--eval_split", "none")
     out = workspace / "lora_student"
     options = ["--model_name_or_path", str(workspace / "tiny_dinov2"), "--teacher_model_name_or_path", str(teacher)]
-    run(workspace, "distill", *options, "--lora_r", "2", "--output_dir", str(out))
+    hub = ["--push_to_hub", "--hub_model_id", "user/lora-student"]
+    run(workspace, "distill", *options, "--lora_r", "2", *hub, "--output_dir", str(out))
     card, results = card_and_results(out, weights="adapter_model.safetensors")
     assert "| adapters | `LORA r=2, alpha=16` |" in card and "q_proj" in card and "decode_head" in card
     assert not (out / "model.safetensors").exists() and (out / "base_model" / "model.safetensors").exists()
@@ -257,3 +261,29 @@ def test_lora_distill_of_a_dinov2_student_saves_an_adapter_that_evaluates(worksp
     run(workspace, "evaluate", "--model_name_or_path", str(out), "--output_dir", str(evaluated))
     metrics = json.loads((evaluated / "eval_results.json").read_text())
     assert metrics["eval_mean_iou"] == pytest.approx(results["eval_mean_iou"])
+
+    # Published, the adapter goes with its base model (a subfolder) and loads on it.
+    files = set(HfApi().list_repo_files("user/lora-student"))
+    assert {"adapter_model.safetensors", "README.md", "base_model/model.safetensors"} <= files
+    base = LadSegForSemanticSegmentation.from_pretrained("user/lora-student", subfolder="base_model")
+    published = PeftModel.from_pretrained(base, "user/lora-student").eval()
+    local = AutoModelForSemanticSegmentation.from_pretrained(out).eval()
+    images = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(published(pixel_values=images).logits, local(pixel_values=images).logits)
+
+
+def test_commands_publish_and_load_by_hub_id(workspace, local_hub):
+    HfApi().create_repo("user/scenes", repo_type="dataset")
+    HfApi().upload_folder(repo_id="user/scenes", repo_type="dataset", folder_path=workspace / "scenes")
+    teacher = workspace / "hub_teacher"
+    hub = ["--dataset_name", "user/scenes", "--push_to_hub", "--hub_model_id", "user/cli-teacher"]
+    run(workspace, "train-teacher", *hub, "--output_dir", str(teacher))
+    card = open(hf_hub_download("user/cli-teacher", "README.md")).read()
+    assert "datasets:\n- user/scenes" in card and "| label noise alpha (LNM, Eq. 5) | 0.01 |" in card
+
+    student = workspace / "hub_student"
+    options = ["--dataset_name", "user/scenes", "--teacher_model_name_or_path", "user/cli-teacher", "--streaming"]
+    run(workspace, "distill", *options, "--output_dir", str(student))
+    card, results = card_and_results(student)
+    assert "| teacher | `user/cli-teacher` |" in card and 0.0 <= results["eval_mean_iou"] <= 1.0
