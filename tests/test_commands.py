@@ -284,6 +284,18 @@ def test_commands_publish_and_load_by_hub_id(workspace, local_hub):
 
     student = workspace / "hub_student"
     options = ["--dataset_name", "user/scenes", "--teacher_model_name_or_path", "user/cli-teacher", "--streaming"]
-    run(workspace, "distill", *options, "--output_dir", str(student))
+    run(
+        workspace,
+        "distill",
+        *options,
+        "--push_to_hub",
+        "--hub_model_id",
+        "user/cli-student",
+        "--output_dir",
+        str(student),
+    )
     card, results = card_and_results(student)
     assert "| teacher | `user/cli-teacher` |" in card and 0.0 <= results["eval_mean_iou"] <= 1.0
+    assert open(hf_hub_download("user/cli-student", "README.md")).read() == card
+    published = AutoModelForSemanticSegmentation.from_pretrained("user/cli-student")
+    assert published.config.label_noiser is None and published.config.num_labels == NUM_LABELS

@@ -8,6 +8,7 @@ import torch
 from conftest import tiny_dinov2, tiny_lad_seg_config, trainer_args
 from huggingface_hub import HfApi, hf_hub_download
 from peft import PeftModel
+from transformers import Dinov2Model
 
 from lad_hf import (
     DistillationConfig,
@@ -139,3 +140,16 @@ def test_missing_ids_say_which_id_and_which_endpoint(local_hub, tmp_path):
 
     with pytest.raises(ValueError, match=f"no dataset 'user/no-such-data' on {local_hub.endpoint}"):
         load_segmentation_dataset("user/no-such-data", "train", streaming=True)
+
+
+def test_dinov2_backbone_weights_load_by_id(local_hub):
+    vit = Dinov2Model(tiny_dinov2())
+    vit.push_to_hub("user/tiny-dinov2")
+    config = LadSegConfig(
+        backbone="user/tiny-dinov2", use_pretrained_backbone=True, decode_head="linear", num_labels=3
+    )
+    model = LadSegForSemanticSegmentation(config)
+    assert torch.equal(
+        model.backbone.encoder.layer[1].attention.q_proj.weight, vit.encoder.layer[1].attention.q_proj.weight
+    )
+    assert model.config.use_pretrained_backbone is False  # a saved copy keeps its own weights
