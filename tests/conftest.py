@@ -80,6 +80,18 @@ def split_scenes(num_samples: int, size: int = 48, seed: int = 0) -> list[dict[s
     return samples
 
 
+def random_samples(num_samples: int = 8, size: int = 32) -> list[dict[str, torch.Tensor]]:
+    """Random images and 3-class label maps, for runs that check mechanics rather than learning."""
+    generator = torch.Generator().manual_seed(0)
+    return [
+        {
+            "pixel_values": torch.randn(3, size, size, generator=generator),
+            "labels": torch.randint(0, 3, (size, size), generator=generator),
+        }
+        for _ in range(num_samples)
+    ]
+
+
 def small_lad_seg(num_channels: int = 3) -> LadSegForSemanticSegmentation:
     """A DeepLabV3 a few channels wide, big enough to learn `split_scenes` in a few hundred steps."""
     backbone = ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 32, 64], depths=[1, 1, 1, 1], layer_type="basic")

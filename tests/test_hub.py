@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_dinov2, tiny_lad_seg_config, trainer_args
+from conftest import random_samples, tiny_dinov2, tiny_lad_seg_config, trainer_args
 from huggingface_hub import HfApi, hf_hub_download
 from peft import PeftModel
 from transformers import Dinov2Model
@@ -25,17 +25,6 @@ from lad_hf.data import build_digit_scenes, load_segmentation_dataset
 from lad_hf.hub import load_segmentation_model
 
 
-def data(num_samples: int = 8, size: int = 32) -> list[dict[str, torch.Tensor]]:
-    generator = torch.Generator().manual_seed(0)
-    return [
-        {
-            "pixel_values": torch.randn(3, size, size, generator=generator),
-            "labels": torch.randint(0, 3, (size, size), generator=generator),
-        }
-        for _ in range(num_samples)
-    ]
-
-
 def hub_args(config_class, output_dir, repo_id: str, **overrides):
     return trainer_args(
         config_class,
@@ -53,7 +42,9 @@ def test_lad_teacher_published_then_distilled_by_id(local_hub, tmp_path):
     noiser = LabelNoiser(3, alpha=0.02)
     teacher = add_label_channel(LadSegForSemanticSegmentation(tiny_lad_seg_config()), noiser)
     args = hub_args(LadTeacherConfig, tmp_path / "teacher", "user/lad-teacher", label_noise_alpha=0.02)
-    trainer = LadTeacherTrainer(model=teacher, args=args, train_dataset=data(), eval_dataset=data(4))
+    trainer = LadTeacherTrainer(
+        model=teacher, args=args, train_dataset=random_samples(), eval_dataset=random_samples(4)
+    )
     trainer.train()
     trainer.save_metrics("eval", trainer.evaluate())
     trainer.push_to_hub(dataset="user/scenes")
@@ -74,7 +65,7 @@ def test_lad_teacher_published_then_distilled_by_id(local_hub, tmp_path):
         per_device_train_batch_size=4,
         teacher_model_name_or_path="user/lad-teacher",
     )
-    distiller = DistillationTrainer(model=student, args=args, train_dataset=data())
+    distiller = DistillationTrainer(model=student, args=args, train_dataset=random_samples())
     assert distiller.teacher_noiser.to_dict() == noiser.to_dict()
     for loaded, trained in zip(distiller.teacher.state_dict().values(), teacher.state_dict().values(), strict=True):
         assert torch.equal(loaded, trained)
@@ -109,7 +100,11 @@ def test_lora_adapter_published_then_loaded_on_its_base(local_hub, tmp_path):
     base.save_pretrained(tmp_path / "base")
     args = hub_args(DistillationConfig, tmp_path / "student", "user/lora-student", learning_rate=0.01)
     trainer = DistillationTrainer(
-        model=base, teacher_model=teacher, args=args, train_dataset=data(), peft_config=dinov2_lora_config(r=2)
+        model=base,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=random_samples(),
+        peft_config=dinov2_lora_config(r=2),
     )
     trainer.train()
     trainer.push_to_hub()

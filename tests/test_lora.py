@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import tiny_dinov2, tiny_lad_seg_config, trainer_args
+from conftest import random_samples, tiny_dinov2, tiny_lad_seg_config, trainer_args
 from peft import PeftModel
 
 from lad_hf import (
@@ -19,17 +19,6 @@ from lad_hf import (
 
 def dinov2_segmenter() -> LadSegForSemanticSegmentation:
     return LadSegForSemanticSegmentation(LadSegConfig(backbone=tiny_dinov2(), decode_head="linear", num_labels=3))
-
-
-def data(num_samples: int = 8, size: int = 32) -> list[dict[str, torch.Tensor]]:
-    generator = torch.Generator().manual_seed(0)
-    return [
-        {
-            "pixel_values": torch.randn(3, size, size, generator=generator),
-            "labels": torch.randint(0, 3, (size, size), generator=generator),
-        }
-        for _ in range(num_samples)
-    ]
 
 
 def test_linear_head_reads_the_last_layers_and_upsamples_to_any_input_size():
@@ -73,7 +62,11 @@ def test_lora_distillation_from_a_lad_teacher_trains_adapters_and_head_only(tmp_
         DistillationConfig, tmp_path / "run", max_steps=3, per_device_train_batch_size=4, learning_rate=0.01
     )
     trainer = DistillationTrainer(
-        model=base, teacher_model=teacher, args=args, train_dataset=data(), peft_config=dinov2_lora_config(r=2)
+        model=base,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=random_samples(),
+        peft_config=dinov2_lora_config(r=2),
     )
     trainable, total = trainer.model.get_nb_trainable_parameters()
     lora = sum(p.numel() for n, p in trainer.model.named_parameters() if "lora_" in n)
