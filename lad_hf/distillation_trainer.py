@@ -3,7 +3,7 @@
 import os
 
 import torch
-from peft import PeftConfig, PeftModel
+from peft import LoraConfig, PeftConfig, PeftModel
 from transformers import PreTrainedModel
 from transformers.utils import logging
 
@@ -138,7 +138,9 @@ class DistillationTrainer(SegmentationTrainer):
         if isinstance(self.model, PeftModel):
             peft_config = self.model.peft_config["default"]
             trainable, total = self.model.get_nb_trainable_parameters()
-            settings["adapters"] = f"{peft_config.peft_type.value} r={peft_config.r}, alpha={peft_config.lora_alpha}"
+            settings["adapters"] = peft_config.peft_type.value
+            if isinstance(peft_config, LoraConfig):
+                settings["adapters"] += f" r={peft_config.r}, alpha={peft_config.lora_alpha}"
             settings["adapter targets"] = str(peft_config.target_modules)
             settings["trained in full"] = str(sorted(peft_config.modules_to_save or []))
             settings["trainable parameters"] = f"{trainable:,} of {total:,}"
