@@ -104,6 +104,8 @@ class DistillationTrainer(SegmentationTrainer):
         super().__init__(model=model, args=args, **kwargs)
 
         teacher_model.requires_grad_(False).eval()
+        if args.channels_last:
+            teacher_model = teacher_model.to(memory_format=torch.channels_last)
         self.teacher_config = teacher_model.config
         self.teacher = self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
         is_lad_teacher = getattr(teacher_model.config, "label_noiser", None) is not None

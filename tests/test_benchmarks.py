@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -19,3 +21,21 @@ def test_data_pipeline_benchmark_runs_in_smoke_mode(tmp_path):
     assert "ratio data / step" in run.stdout
     result = json.loads(output.read_text())
     assert result["data_images_per_second"] > 0 and result["train_step_seconds"] > 0
+
+
+def test_step_time_benchmark_runs_in_smoke_mode(tmp_path):
+    output = tmp_path / "step_time.json"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "step_time.py"), "--smoke", "--output", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "(c) CWD step from a DeepLabV3-R101 teacher" in run.stdout and "b/c" in run.stdout
+    result = json.loads(output.read_text())
+    assert set(result["ratios"]) == {"b/a", "c/a", "b/c", "d/e", "f/d", "g/eval"}
+    # A teacher under no_grad saves nothing for the backward pass: a distillation step saves what the student step
+    # does, plus the small KD loss terms, whatever the teacher's size.
+    autograd = {key: result["results"][key]["autograd_mb"] for key in "abc"}
+    assert autograd["a"] > 0 and autograd["b"] == pytest.approx(autograd["c"]) and autograd["b"] < 1.05 * autograd["a"]

@@ -195,3 +195,15 @@ def test_bf16_autocast(tmp_path, trainer_name):
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_channels_last_keeps_student_and_teacher_weights_channels_last(tmp_path):
+    teacher, student = lad_teacher(), LadSegForSemanticSegmentation(tiny_lad_seg_config())
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=args(tmp_path, channels_last=True), train_dataset=random_data()
+    )
+    trainer.train()
+    for model in (student, teacher):
+        weight = model.backbone.embedder.embedder.convolution.weight
+        assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    assert trainer.state.global_step == 2
