@@ -7,7 +7,7 @@ from .segmentation_trainer import SegmentationConfig
 
 __all__ = ["DistillationConfig"]
 
-KD_LOSSES = ("cwd", "pixel_kd")
+KD_LOSSES = ("cwd", "pixel_kd", "fakd_cwd", "fakd_pixel")
 
 
 @dataclass
@@ -23,10 +23,21 @@ class DistillationConfig(SegmentationConfig):
     )
     kd_loss: str = field(
         default="cwd",
-        metadata={"help": "'cwd': channel-wise distillation (the paper). 'pixel_kd': pixel-wise KL divergence."},
+        metadata={
+            "help": "'cwd': channel-wise distillation (the paper). 'pixel_kd': pixel-wise KL divergence. "
+            "'fakd_cwd', 'fakd_pixel': their FAKD upper bounds under class-conditional feature augmentation of the "
+            "student (lad_hf.fakd; the student's classifier must be a 1x1 conv at decode_head.classifier)."
+        },
     )
     kd_weight: float = field(default=3.0, metadata={"help": "beta, the weight of the KD loss (paper Eq. 8)."})
     kd_temperature: float = field(default=4.0, metadata={"help": "Temperature tau of the KD loss."})
+    fakd_ratio: float = field(
+        default=1.0, metadata={"help": "FAKD: strength of the feature augmentation (its lambda), after the warm-up."}
+    )
+    fakd_warmup_steps: int | None = field(
+        default=None,
+        metadata={"help": "FAKD: steps of the cosine warm-up of the ratio from 0 (default: the whole run)."},
+    )
     task_weight: float = field(default=1.0, metadata={"help": "Weight of the student's cross-entropy."})
     auxiliary_loss_weight: float | None = field(
         default=None,
@@ -43,6 +54,6 @@ class DistillationConfig(SegmentationConfig):
             raise ValueError(f"kd_loss must be one of {KD_LOSSES}, got {self.kd_loss!r}.")
         if self.kd_temperature <= 0:
             raise ValueError(f"kd_temperature must be > 0, got {self.kd_temperature}.")
-        for name in ("kd_weight", "task_weight", "auxiliary_loss_weight"):
+        for name in ("kd_weight", "task_weight", "auxiliary_loss_weight", "fakd_ratio", "fakd_warmup_steps"):
             if (getattr(self, name) or 0) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")

@@ -3,11 +3,19 @@
 import os
 
 import torch
+import torch.nn.functional as F
 from peft import LoraConfig, PeftConfig, PeftModel
 from transformers import PreTrainedModel
 from transformers.utils import logging
 
 from .distillation_config import DistillationConfig
+from .fakd import (
+    ClassFeatureCovariance,
+    augmentation_variance,
+    cosine_ratio,
+    fakd_channel_wise_divergence,
+    fakd_pixel_wise_divergence,
+)
 from .hub import load_segmentation_model
 from .label_channel import build_teacher_inputs
 from .lora import apply_lora
@@ -41,6 +49,24 @@ def check_same_label_set(student_config, teacher_config) -> None:
             f"Student and teacher name their classes differently (id, student, teacher): {differ[:5]}. Distillation "
             "needs the same label set in the same order: build the student with the teacher's id2label."
         )
+
+
+def _student_classifier(model) -> torch.nn.Conv2d:
+    """The student's final classifier, a 1x1 convolution at `decode_head.classifier` (lad_hf models, Segformer)."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    classifier = getattr(getattr(base, "decode_head", None), "classifier", None)
+    if not isinstance(classifier, torch.nn.Conv2d) or classifier.kernel_size != (1, 1):
+        raise ValueError(
+            f"FAKD augments the features of the student's classifier, a 1x1 Conv2d at decode_head.classifier; "
+            f"{type(base).__name__} has none. Use kd_loss='cwd' or 'pixel_kd' with this student."
+        )
+    return classifier
+
+
+def _resize_labels(labels: torch.Tensor, size) -> torch.Tensor:
+    if labels.shape[-2:] == tuple(size):
+        return labels
+    return F.interpolate(labels[:, None].float(), size=tuple(size), mode="nearest")[:, 0].long()
 
 
 class DistillationTrainer(SegmentationTrainer):
@@ -108,6 +134,13 @@ class DistillationTrainer(SegmentationTrainer):
             teacher_model = teacher_model.to(memory_format=torch.channels_last)
         self.teacher_config = teacher_model.config
         self.teacher = self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
+        if args.kd_loss.startswith("fakd_"):
+            self.student_classifier = _student_classifier(model)
+            # The classifier's input is the feature FAKD augments; a pre-hook keeps that of the latest forward.
+            self.student_classifier.register_forward_pre_hook(self._keep_student_features)
+            self.feature_covariance = ClassFeatureCovariance(
+                model.config.num_labels, self.student_classifier.in_channels, args.ignore_index
+            ).to(self.args.device)
         is_lad_teacher = getattr(teacher_model.config, "label_noiser", None) is not None
         self.teacher_noiser = LabelNoiser.from_config(teacher_model.config) if is_lad_teacher else None
         self.auxiliary_loss_weight = (
@@ -132,6 +165,11 @@ class DistillationTrainer(SegmentationTrainer):
             "KD weight beta": self.args.kd_weight,
             "KD temperature": self.args.kd_temperature,
             "task (cross-entropy) weight": self.args.task_weight,
+            **(
+                {"FAKD ratio": self.args.fakd_ratio, "FAKD warm-up steps": self.args.fakd_warmup_steps or "the run"}
+                if self.args.kd_loss.startswith("fakd_")
+                else {}
+            ),
             "auxiliary head weight": self.auxiliary_loss_weight,
         }
         if self.teacher_noiser is not None:
@@ -172,13 +210,37 @@ class DistillationTrainer(SegmentationTrainer):
         temperature = self.args.kd_temperature
         if self.args.kd_loss == "cwd":
             loss_kd = channel_wise_divergence(outputs.logits, teacher_logits, temperature)
-        else:
+        elif self.args.kd_loss == "pixel_kd":
             loss_kd = pixel_wise_divergence(
                 outputs.logits, teacher_logits, temperature, labels, self.args.ignore_index
             )
+        else:
+            loss_kd = self.fakd_loss(outputs.logits, teacher_logits, labels)
         loss = self.args.task_weight * loss_task + self.args.kd_weight * loss_kd
         self.log_loss_components(loss_task=loss_task, loss_kd=loss_kd)
         return (loss, outputs) if return_outputs else loss
+
+    def _keep_student_features(self, module, inputs) -> None:
+        self._student_features = inputs[0]
+
+    def fakd_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor):
+        """FAKD (lad_hf.fakd): update the class covariance with this forward's features, then the bound of the KD
+        loss under augmentations of strength `cosine_ratio(step)`."""
+        features = self._student_features
+        self.feature_covariance.update(features, _resize_labels(labels, features.shape[-2:]))
+        warmup = self.args.fakd_warmup_steps or self.state.max_steps
+        ratio = cosine_ratio(self.state.global_step, warmup, self.args.fakd_ratio)
+        weight = self.student_classifier.weight.flatten(1)  # (K, D)
+        teacher_labels = _resize_labels(labels, teacher_logits.shape[-2:])
+        variance = augmentation_variance(
+            weight, self.feature_covariance.covariance, teacher_labels, ratio, self.args.ignore_index
+        )
+        temperature = self.args.kd_temperature
+        if self.args.kd_loss == "fakd_cwd":
+            return fakd_channel_wise_divergence(student_logits, teacher_logits, variance, temperature)
+        return fakd_pixel_wise_divergence(
+            student_logits, teacher_logits, variance, temperature, labels, self.args.ignore_index
+        )
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         # The student's evaluation, also without labels in its forward: the loss is computed here.

@@ -3,8 +3,18 @@ Monte-Carlo average over sampled feature augmentations; and the online class cov
 
 import pytest
 import torch
+from conftest import TinySegConfig, TinySegModel, random_samples, tiny_lad_seg_config, trainer_args
 
-from lad_hf import channel_wise_divergence, pixel_wise_divergence
+from lad_hf import (
+    DistillationConfig,
+    DistillationTrainer,
+    LabelNoiser,
+    LadSegForSemanticSegmentation,
+    add_label_channel,
+    channel_wise_divergence,
+    pixel_wise_divergence,
+)
+from lad_hf.data import SegmentationCollator
 from lad_hf.fakd import (
     ClassFeatureCovariance,
     augmentation_variance,
@@ -113,3 +123,42 @@ def test_online_covariance_converges_to_the_true_class_covariance():
 def test_cosine_ratio_warms_up_from_zero_to_the_ratio():
     assert cosine_ratio(0, 100) == 0.0 and cosine_ratio(100, 100) == pytest.approx(1.0)
     assert cosine_ratio(50, 100, max_ratio=0.5) == pytest.approx(0.25) and cosine_ratio(500, 100) == pytest.approx(1.0)
+
+
+def test_distillation_with_fakd_estimates_the_student_covariance_and_bounds_cwd(tmp_path):
+    teacher = add_label_channel(LadSegForSemanticSegmentation(tiny_lad_seg_config()), LabelNoiser(3)).eval()
+    student = LadSegForSemanticSegmentation(tiny_lad_seg_config())
+    data = random_samples()
+    trainers = {
+        kd_loss: DistillationTrainer(
+            model=student,
+            teacher_model=teacher,
+            args=trainer_args(
+                DistillationConfig, tmp_path / kd_loss, max_steps=3, per_device_train_batch_size=4, kd_loss=kd_loss
+            ),
+            train_dataset=data,
+        )
+        for kd_loss in ("cwd", "fakd_cwd")
+    }
+    batch = SegmentationCollator()(data[:4])
+    student.eval()  # no dropout: the two losses see the same student outputs
+    trainers["fakd_cwd"].state.global_step, trainers["fakd_cwd"].state.max_steps = 0, 3  # ratio 0: plain CWD
+    losses = {name: trainer.compute_loss(student, batch).item() for name, trainer in trainers.items()}
+    assert losses["fakd_cwd"] == pytest.approx(losses["cwd"], rel=1e-6)
+
+    trainer = trainers["fakd_cwd"]
+    trainer.train()
+    covariance = trainer.feature_covariance
+    assert covariance.count.sum() > 0 and covariance.covariance.abs().sum() > 0
+    width = student.decode_head.classifier.in_channels
+    assert covariance.covariance.shape == (3, width, width)
+    trainer.state.global_step = 3  # after the warm-up: the full ratio, a bound above plain CWD
+    with torch.no_grad():
+        assert trainer.compute_loss(student, batch).item() > trainers["cwd"].compute_loss(student, batch).item()
+
+
+def test_fakd_needs_a_student_classifier(tmp_path):
+    teacher = TinySegModel(TinySegConfig(num_labels=3))
+    args = trainer_args(DistillationConfig, tmp_path, kd_loss="fakd_pixel")
+    with pytest.raises(ValueError, match="a 1x1 Conv2d at decode_head.classifier"):
+        DistillationTrainer(model=TinySegModel(TinySegConfig(num_labels=3)), teacher_model=teacher, args=args)
