@@ -22,6 +22,7 @@ from .losses import (
 from .metrics import SegmentationMetric, predictions_from_logits
 from .modeling_lad_seg import LadSegForSemanticSegmentation, LadSegOutput, LadSegPreTrainedModel
 from .noising import LabelNoiser
+from .sdes import SelfDistillationConfig, SelfDistillationTrainer
 from .segmentation_trainer import SegmentationConfig, SegmentationTrainer
 
 
@@ -46,6 +47,8 @@ __all__ = [
     "SegmentationConfig",
     "SegmentationMetric",
     "SegmentationTrainer",
+    "SelfDistillationConfig",
+    "SelfDistillationTrainer",
     "__version__",
     "add_label_channel",
     "apply_lora",
