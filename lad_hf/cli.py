@@ -47,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--data-dir", default=None, help="The digit-scenes folder (default: <output-dir>/digit_scenes).")
     demo.add_argument("--no-progress", action="store_true", help="Hide the progress bars.")
+    demo.add_argument(
+        "--methods",
+        nargs="+",
+        default=[],
+        choices=["fakd", "lad_fakd", "sdes"],
+        help="Add rows on the same student and budget: FAKD from the big teacher, LAD + FAKD, SDES.",
+    )
 
     build = commands.add_parser(
         "build-digit-scenes",
@@ -98,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                 budget=args.budget,
                 data_dir=args.data_dir,
                 show_progress=not args.no_progress,
+                methods=tuple(args.methods),
             )
         except ValueError as error:
             parser.error(str(error))

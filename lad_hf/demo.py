@@ -38,6 +38,7 @@ from .lad_teacher_config import LadTeacherConfig
 from .lad_teacher_trainer import LadTeacherTrainer
 from .modeling_lad_seg import LadSegForSemanticSegmentation
 from .noising import LabelNoiser
+from .sdes import SelfDistillationConfig, SelfDistillationTrainer
 from .segmentation_trainer import SegmentationConfig, SegmentationTrainer
 
 
@@ -46,6 +47,8 @@ __all__ = ["DemoSettings", "RUNS", "run_demo"]
 logger = logging.get_logger(__name__)
 
 RUNS = ("student", "lad_teacher", "student_lad", "big_teacher", "student_big", "student_self")
+# More methods on the same student and budget (`lad-hf demo --methods ...`), after the runs above.
+METHOD_RUNS = {"fakd": "student_fakd", "lad_fakd": "student_lad_fakd", "sdes": "student_sdes"}
 RUN_TITLES = {
     "student": "(1) student alone",
     "lad_teacher": "(2) LAD teacher (same architecture + label channel)",
@@ -53,6 +56,9 @@ RUN_TITLES = {
     "big_teacher": "big image-only teacher",
     "student_big": "(4) student distilled from the big teacher, CWD",
     "student_self": "(5) control: student distilled from (1), CWD",
+    "student_fakd": "FAKD: student distilled from the big teacher, FAKD-CWD",
+    "student_lad_fakd": "LAD + FAKD: student distilled from (2), FAKD-CWD",
+    "student_sdes": "SDES: student self-distilled with expert decoders",
 }
 
 
@@ -173,11 +179,24 @@ class DemoRun:
             )
             model = add_label_channel(self.model(), args.label_noiser(len(self.id2label)), s.label_stem_channels)
             trainer = LadTeacherTrainer(model=model, args=args, **common)
+        elif name == "student_sdes":
+            trainer = SelfDistillationTrainer(
+                model=self.model(),
+                args=self.args(SelfDistillationConfig, name, sdes_temperature=s.kd_temperature),
+                **common,
+            )
         else:
-            teacher_run = {"student_lad": "lad_teacher", "student_big": "big_teacher", "student_self": "student"}[name]
+            teacher_run = {
+                "student_lad": "lad_teacher",
+                "student_big": "big_teacher",
+                "student_self": "student",
+                "student_fakd": "big_teacher",
+                "student_lad_fakd": "lad_teacher",
+            }[name]
             teacher = AutoModelForSemanticSegmentation.from_pretrained(self.out_dir / teacher_run / "model")
+            kd_loss = "fakd_cwd" if name.endswith("fakd") else "cwd"
             args = self.args(
-                DistillationConfig, name, kd_loss="cwd", kd_weight=s.kd_weight, kd_temperature=s.kd_temperature
+                DistillationConfig, name, kd_loss=kd_loss, kd_weight=s.kd_weight, kd_temperature=s.kd_temperature
             )
             trainer = DistillationTrainer(model=self.model(), teacher_model=teacher, args=args, **common)
         start = time.perf_counter()
@@ -238,12 +257,13 @@ def _mean_std(values: list[float]) -> str:
 def summarise(results: dict[int, dict[str, dict]], settings: DemoSettings) -> tuple[str, dict]:
     """The markdown table and the JSON summary over seeds."""
     seeds = sorted(results)
+    runs = list(results[seeds[0]])
     rows = [
         "| run | test mIoU (%) | mean accuracy (%) | train time (s) | parameters |",
         "| --- | --- | --- | --- | --- |",
     ]
     summary = {"settings": asdict(settings), "seeds": seeds, "runs": {}}
-    for name in RUNS:
+    for name in runs:
         per_seed = [results[seed][name] for seed in seeds]
         miou = [r["test"]["mean_iou"] for r in per_seed]
         accuracy = [r["test"]["mean_accuracy"] for r in per_seed]
@@ -324,7 +344,7 @@ def plot_curves(path: Path, results: dict[str, dict]) -> None:
     import matplotlib.pyplot as plt
 
     figure, (loss_axis, miou_axis) = plt.subplots(1, 2, figsize=(11, 4))
-    for name in RUNS:
+    for name in results:
         history = results[name]["log_history"]
         train = [(h["step"], h["loss"]) for h in history if "loss" in h]
         evals = [(h["step"], h["eval_mean_iou"]) for h in history if "eval_mean_iou" in h]
@@ -353,6 +373,7 @@ def run_demo(
     data_dir: str | os.PathLike | None = None,
     settings: DemoSettings | None = None,
     show_progress: bool = True,
+    methods: tuple[str, ...] = (),
 ) -> dict:
     """Build the digit-scenes benchmark if missing, train and test the demo's runs for each seed, and write the
     summary to `output_dir`. Returns the JSON summary."""
@@ -361,6 +382,10 @@ def run_demo(
         raise ValueError(f"budget must be a positive number (1.0 = the default budget), got {budget}.")
     if not seeds:
         raise ValueError("seeds must name at least one seed.")
+    unknown = [m for m in methods if m not in METHOD_RUNS]
+    if unknown:
+        raise ValueError(f"Unknown methods {unknown}; the demo adds {sorted(METHOD_RUNS)}.")
+    runs = RUNS + tuple(METHOD_RUNS[m] for m in methods)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     data_dir = Path(data_dir) if data_dir is not None else output_dir / "digit_scenes"
@@ -370,7 +395,7 @@ def run_demo(
     results, first = {}, None
     for seed in seeds:
         demo = DemoRun(data_dir, output_dir / f"seed-{seed}", seed, settings, show_progress)
-        results[seed] = {name: demo.run(name) for name in RUNS}
+        results[seed] = {name: demo.run(name) for name in runs}
         first = first or demo
     table, summary = summarise(results, settings)
     plot_predictions(output_dir / "predictions.png", first.predictions())

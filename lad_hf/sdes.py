@@ -78,6 +78,10 @@ class SelfDecouplingStudent(nn.Module):
         for head in (student.decode_head, *self.experts):
             head.classifier.register_forward_pre_hook(lambda module, inputs: self._captured.append(inputs[0]))
 
+    def num_parameters(self) -> int:
+        """The deployed student's parameter count (the experts and the adapter are not deployed)."""
+        return self.student.num_parameters()
+
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None):
         self._captured.clear()
         if not self.training:
@@ -134,6 +138,8 @@ class SelfDistillationTrainer(SegmentationTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels, ignore_index, tau = inputs["labels"], self.args.ignore_index, self.args.sdes_temperature
         outputs = model(pixel_values=inputs["pixel_values"], labels=labels)
+        if not model.training:  # evaluation: the student alone, its own loss
+            return (outputs.loss, outputs) if return_outputs else outputs.loss
         loss_student = outputs.loss
         loss_experts = sum(segmentation_cross_entropy(z, labels, ignore_index) for z in outputs["expert_logits"])
         # DPED: the experts' averaged soft predictions, as log-probabilities, are the main decoder's target.

@@ -26,11 +26,25 @@ def test_demo_smoke_and_resume(tmp_path):
         assert result["steps"] == 4 and any("eval_mean_iou" in h for h in result["log_history"])
     assert (out / "predictions.png").stat().st_size > 0 and (out / "curves.png").stat().st_size > 0
 
-    # Started again, the demo reuses the finished runs and writes the same table.
+    # Started again, the demo reuses the finished runs and writes the same table; with --methods it adds rows.
     again = subprocess.run([*command, "--no-progress"], capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.count("finished earlier") == len(RUNS)
     assert (out / "results.md").read_text() == table
+    more = subprocess.run(
+        [*command, "--no-progress", "--methods", "fakd", "lad_fakd", "sdes"], capture_output=True, text=True
+    )
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert more.stderr.count("finished earlier") == len(RUNS)
+    extended = (out / "results.md").read_text()
+    for title in ("FAKD: student distilled from the big teacher", "LAD + FAKD", "SDES: student self-distilled"):
+        assert title in extended
+    summary = json.loads((out / "results.json").read_text())
+    assert set(summary["runs"]) == set(RUNS) | {"student_fakd", "student_lad_fakd", "student_sdes"}
+    assert (
+        json.loads((out / "seed-0" / "student_sdes" / "run_result.json").read_text())["parameters"]
+        == json.loads((out / "seed-0" / "student" / "run_result.json").read_text())["parameters"]
+    )
 
 
 def test_demo_rejects_impossible_options(tmp_path):
