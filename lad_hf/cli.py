@@ -12,6 +12,7 @@ RECIPE_COMMANDS = {
     "train": ("train", "Train a supervised baseline of any segmentation model."),
     "train-teacher": ("train_teacher", "Train a LAD teacher (noised label channel, dual-path consistency)."),
     "distill": ("distill", "Distil a frozen teacher (LAD or conventional) into an image-only student with CWD."),
+    "self-distill": ("self_distill", "SDES self-distillation: expert decoders on the student's encoder, no teacher."),
     "evaluate": ("evaluate", "mIoU on a split; flip, multi-scale and sliding-window testing."),
     "predict": ("predict", "Segment image files or folders: PNG class maps and colour overlays."),
 }

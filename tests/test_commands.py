@@ -299,3 +299,13 @@ def test_commands_publish_and_load_by_hub_id(workspace, local_hub):
     assert open(hf_hub_download("user/cli-student", "README.md")).read() == card
     published = AutoModelForSemanticSegmentation.from_pretrained("user/cli-student")
     assert published.config.label_noiser is None and published.config.num_labels == NUM_LABELS
+
+
+def test_self_distill_saves_the_student_alone(workspace):
+    out = workspace / "sdes"
+    run(workspace, "self-distill", "--num_experts", "2", "--output_dir", str(out))
+    card, results = card_and_results(out)
+    assert "| experts | 2 |" in card and 0.0 <= results["eval_mean_iou"] <= 1.0
+    saved = AutoModelForSemanticSegmentation.from_pretrained(out)
+    start = LadSegForSemanticSegmentation.from_pretrained(workspace / "tiny_lad_seg")
+    assert saved.num_parameters() == start.num_parameters()

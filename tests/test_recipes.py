@@ -26,12 +26,14 @@ from lad_hf import (
 from lad_hf.commands.arguments import DataArguments, ModelArguments, parse_arguments
 from lad_hf.configuration_lad_seg import RESNET_BACKBONES
 from lad_hf.data import PRESETS
+from lad_hf.sdes import SelfDecouplingStudent, SelfDistillationConfig
 
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-# The paper's ResNet setups; the DINOv2 + LoRA recipe has a test of its own.
-RECIPES = sorted(p for p in CONFIGS.glob("*.yaml") if "dinov2" not in p.stem)
+# The paper's ResNet setups; the DINOv2 + LoRA and the SDES recipes have tests of their own.
 DINOV2_RECIPE = CONFIGS / "voc_dinov2_small_lora_distill.yaml"
+SDES_RECIPE = CONFIGS / "cityscapes_deeplabv3_r18_sdes.yaml"
+RECIPES = sorted(p for p in CONFIGS.glob("*.yaml") if p not in (DINOV2_RECIPE, SDES_RECIPE))
 NAME = re.compile(
     r"(?P<dataset>[a-z0-9]+)_(?P<arch>[a-z0-9]+)_r(?P<depth>\d+)_(?P<role>teacher|baseline|distill|cwd_\w+)"
 )
@@ -233,3 +235,23 @@ def test_dinov2_lora_recipe_builds_its_student_and_adapters():
     adapters = 12 * 4 * 2 * 384 * model_args.lora_r  # 12 layers, q/k/v/o, A and B
     head = 2 * 4 * 384 + 4 * 384 * preset.num_labels + preset.num_labels  # BN over 4 layers, 1x1 classifier
     assert trainable == adapters + head and total > 20_000_000
+
+
+def test_sdes_recipe_parses_and_builds_the_student_with_its_experts():
+    model_args, data_args, args, _ = parse_arguments(
+        (ModelArguments, DataArguments, SelfDistillationConfig), ["--config", str(SDES_RECIPE)], "lad-hf", "test"
+    )
+    header = "".join(line for line in SDES_RECIPE.read_text().splitlines(keepends=True) if line.startswith("#"))
+    assert f"lad-hf self-distill --config configs/{SDES_RECIPE.name}" in header
+    assert args.num_experts == 2 and args.output_dir == f"runs/{SDES_RECIPE.stem}"
+    preset = PRESETS[data_args.dataset_name]
+    config = LadSegConfig(
+        backbone=offline_backbone(model_args.backbone),
+        decode_head=model_args.decode_head,
+        output_stride=model_args.output_stride,
+        id2label=preset.id2label,
+    )
+    with torch.device("meta"):
+        student = LadSegForSemanticSegmentation(config)
+        wrapped = SelfDecouplingStudent(student, args.num_experts)
+    assert wrapped.num_parameters() == student.num_parameters() < sum(p.numel() for p in wrapped.parameters())
