@@ -13,15 +13,16 @@ from .common import build_model, checkpoint_to_resume, finish_run, load_data, lo
 DESCRIPTION = "Train a segmentation model on its labels alone: the baseline that LAD's students are compared with."
 
 
-def main(argv: list[str] | None = None, prog: str = "lad-hf train") -> dict:
+def train_model(argv, prog: str, description: str, config_class=SegmentationConfig, trainer_class=SegmentationTrainer):
+    """Parse, load the data, build the model, train it with `trainer_class`, save the run (also `self-distill`)."""
     model_args, data_args, args, _ = parse_arguments(
-        (ModelArguments, DataArguments, SegmentationConfig), argv, prog, DESCRIPTION
+        (ModelArguments, DataArguments, config_class), argv, prog, description
     )
     resume = checkpoint_to_resume(args)
     image_processor = load_image_processor(model_args.model_name_or_path)
     train_dataset, eval_dataset, id2label = load_data(data_args, args, image_processor)
     model = build_model(model_args, id2label)
-    trainer = SegmentationTrainer(
+    trainer = trainer_class(
         model=model,
         args=args,
         train_dataset=train_dataset,
@@ -31,3 +32,7 @@ def main(argv: list[str] | None = None, prog: str = "lad-hf train") -> dict:
     )
     result = trainer.train(resume_from_checkpoint=resume)
     return finish_run(trainer, result, data_args, model_args)
+
+
+def main(argv: list[str] | None = None, prog: str = "lad-hf train") -> dict:
+    return train_model(argv, prog, DESCRIPTION)
