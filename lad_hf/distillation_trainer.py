@@ -3,7 +3,6 @@
 import os
 
 import torch
-import torch.nn.functional as F
 from peft import LoraConfig, PeftConfig, PeftModel
 from transformers import PreTrainedModel
 from transformers.utils import logging
@@ -18,6 +17,7 @@ from .fakd import (
 )
 from .hub import load_segmentation_model
 from .label_channel import build_teacher_inputs
+from .labels import resize_labels
 from .lora import apply_lora
 from .losses import channel_wise_divergence, pixel_wise_divergence, segmentation_cross_entropy
 from .noising import LabelNoiser
@@ -61,12 +61,6 @@ def _student_classifier(model) -> torch.nn.Conv2d:
             f"{type(base).__name__} has none. Use kd_loss='cwd' or 'pixel_kd' with this student."
         )
     return classifier
-
-
-def _resize_labels(labels: torch.Tensor, size) -> torch.Tensor:
-    if labels.shape[-2:] == tuple(size):
-        return labels
-    return F.interpolate(labels[:, None].float(), size=tuple(size), mode="nearest")[:, 0].long()
 
 
 class DistillationTrainer(SegmentationTrainer):
@@ -227,11 +221,11 @@ class DistillationTrainer(SegmentationTrainer):
         """FAKD (lad_hf.fakd): update the class covariance with this forward's features, then the bound of the KD
         loss under augmentations of strength `cosine_ratio(step)`."""
         features = self._student_features
-        self.feature_covariance.update(features, _resize_labels(labels, features.shape[-2:]))
+        self.feature_covariance.update(features, resize_labels(labels, features.shape[-2:]))
         warmup = self.args.fakd_warmup_steps or self.state.max_steps
         ratio = cosine_ratio(self.state.global_step, warmup, self.args.fakd_ratio)
         weight = self.student_classifier.weight.flatten(1)  # (K, D)
-        teacher_labels = _resize_labels(labels, teacher_logits.shape[-2:])
+        teacher_labels = resize_labels(labels, teacher_logits.shape[-2:])
         variance = augmentation_variance(
             weight, self.feature_covariance.covariance, teacher_labels, ratio, self.args.ignore_index
         )

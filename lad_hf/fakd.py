@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .losses import _at_least_float32, _match_teacher
+from .losses import _at_least_float32, _match_teacher, channel_kl, pixel_kl
 
 
 __all__ = [
@@ -146,11 +146,9 @@ def fakd_channel_wise_divergence(
         temperature (`float`): `tau`.
     """
     student_logits = _check(student_logits, teacher_logits, variance, temperature)
-    n, c = teacher_logits.shape[:2]
     log_p_s = _bounded_log_softmax(student_logits.flatten(2), variance.flatten(2), temperature, dim=-1)
     log_p_t = F.log_softmax(_at_least_float32(teacher_logits.flatten(2)) / temperature, dim=-1)
-    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum()
-    return kl * temperature**2 / (n * c)
+    return channel_kl(log_p_s, log_p_t, temperature)
 
 
 def fakd_pixel_wise_divergence(
@@ -167,10 +165,4 @@ def fakd_pixel_wise_divergence(
     student_logits = _check(student_logits, teacher_logits, variance, temperature)
     log_p_s = _bounded_log_softmax(student_logits, variance, temperature, dim=1)
     log_p_t = F.log_softmax(_at_least_float32(teacher_logits) / temperature, dim=1)
-    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)  # (N, H, W)
-    if labels is None:
-        return kl.mean() * temperature**2
-    if labels.shape[-2:] != kl.shape[-2:]:
-        labels = F.interpolate(labels[:, None].float(), size=kl.shape[-2:], mode="nearest")[:, 0].long()
-    valid = labels != ignore_index
-    return (kl * valid).sum() / valid.sum().clamp(min=1) * temperature**2
+    return pixel_kl(log_p_s, log_p_t, temperature, labels, ignore_index)

@@ -1,9 +1,10 @@
 """Checks on segmentation label maps, shared by the models, the noiser, the losses and the metric."""
 
 import torch
+import torch.nn.functional as F
 
 
-__all__ = ["check_labels"]
+__all__ = ["check_labels", "resize_labels"]
 
 
 def check_labels(
@@ -55,3 +56,10 @@ def check_labels(
             f"(ignore index {ignore_index}). Remap the dataset's ids (e.g. reduce_labels, or Cityscapes labelIds to "
             "trainIds) or set num_labels / ignore_index to match the data."
         )
+
+
+def resize_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """`(B, H, W)` class ids resized to `size` by nearest neighbour (no label value is invented)."""
+    if tuple(labels.shape[-2:]) == tuple(size):
+        return labels
+    return F.interpolate(labels[:, None].float(), size=tuple(size), mode="nearest")[:, 0].long()

@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from .labels import check_labels
+from .labels import check_labels, resize_labels
 
 
 __all__ = [
@@ -57,6 +57,29 @@ def _match_teacher(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -
     return student_logits
 
 
+def channel_kl(log_p_s: torch.Tensor, log_p_t: torch.Tensor, temperature: float) -> torch.Tensor:
+    """`tau^2 / (N * C) * sum p_t * (log p_t - log p_s)` of `(N, C, H * W)` log-distributions over positions."""
+    n, c = log_p_t.shape[:2]
+    return (log_p_t.exp() * (log_p_t - log_p_s)).sum() * temperature**2 / (n * c)
+
+
+def pixel_kl(
+    log_p_s: torch.Tensor,
+    log_p_t: torch.Tensor,
+    temperature: float,
+    labels: torch.Tensor | None = None,
+    ignore_index: int = 255,
+) -> torch.Tensor:
+    """`tau^2` times the mean over pixels (those not `ignore_index` in `labels`) of the KL between `(N, C, H, W)`
+    log-distributions over classes."""
+    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)  # (N, H, W)
+    if labels is None:
+        return kl.mean() * temperature**2
+    check_labels(labels, log_p_t.shape[1], ignore_index, batch_size=log_p_t.shape[0])
+    valid = resize_labels(labels, kl.shape[-2:]) != ignore_index
+    return (kl * valid).sum() / valid.sum().clamp(min=1) * temperature**2
+
+
 def channel_wise_divergence(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
 ) -> torch.Tensor:
@@ -82,11 +105,9 @@ def channel_wise_divergence(
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}.")
     student_logits = _match_teacher(student_logits, teacher_logits)
-    n, c = teacher_logits.shape[:2]
     log_p_s = F.log_softmax(_at_least_float32(student_logits.flatten(2)) / temperature, dim=-1)
     log_p_t = F.log_softmax(_at_least_float32(teacher_logits.flatten(2)) / temperature, dim=-1)
-    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum()
-    return kl * temperature**2 / (n * c)
+    return channel_kl(log_p_s, log_p_t, temperature)
 
 
 def pixel_wise_divergence(
@@ -117,14 +138,7 @@ def pixel_wise_divergence(
     student_logits = _match_teacher(student_logits, teacher_logits)
     log_p_s = F.log_softmax(_at_least_float32(student_logits) / temperature, dim=1)
     log_p_t = F.log_softmax(_at_least_float32(teacher_logits) / temperature, dim=1)
-    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)  # (N, H, W)
-    if labels is None:
-        return kl.mean() * temperature**2
-    check_labels(labels, teacher_logits.shape[1], ignore_index, batch_size=teacher_logits.shape[0])
-    if labels.shape[-2:] != kl.shape[-2:]:
-        labels = F.interpolate(labels[:, None].float(), size=kl.shape[-2:], mode="nearest")[:, 0].long()
-    valid = labels != ignore_index
-    return (kl * valid).sum() / valid.sum().clamp(min=1) * temperature**2
+    return pixel_kl(log_p_s, log_p_t, temperature, labels, ignore_index)
 
 
 def dual_path_consistency(
