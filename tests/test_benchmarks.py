@@ -9,31 +9,28 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_data_pipeline_benchmark_runs_in_smoke_mode(tmp_path):
-    output = tmp_path / "data_pipeline.json"
+def run_smoke(script: str, tmp_path: Path) -> tuple[str, dict]:
+    """Run `benchmarks/<script> --smoke`; its printed table and its JSON."""
+    output = tmp_path / f"{Path(script).stem}.json"
     run = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "data_pipeline.py"), "--smoke", "--output", str(output)],
+        [sys.executable, str(ROOT / "benchmarks" / script), "--smoke", "--output", str(output)],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "ratio data / step" in run.stdout
-    result = json.loads(output.read_text())
+    return run.stdout, json.loads(output.read_text())
+
+
+def test_data_pipeline_benchmark_runs_in_smoke_mode(tmp_path):
+    stdout, result = run_smoke("data_pipeline.py", tmp_path)
+    assert "ratio data / step" in stdout
     assert result["data_images_per_second"] > 0 and result["train_step_seconds"] > 0
 
 
 def test_step_time_benchmark_runs_in_smoke_mode(tmp_path):
-    output = tmp_path / "step_time.json"
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "step_time.py"), "--smoke", "--output", str(output)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "(c) CWD step from a DeepLabV3-R101 teacher" in run.stdout and "b/c" in run.stdout
-    result = json.loads(output.read_text())
+    stdout, result = run_smoke("step_time.py", tmp_path)
+    assert "(c) CWD step from a DeepLabV3-R101 teacher" in stdout and "b/c" in stdout
     assert set(result["ratios"]) == {"b/a", "c/a", "b/c", "d/e", "f/d", "g/eval"}
     # A teacher under no_grad saves nothing for the backward pass: a distillation step saves what the student step
     # does, plus the small KD loss terms, whatever the teacher's size.

@@ -13,8 +13,11 @@ from .common import build_model, checkpoint_to_resume, finish_run, load_data, lo
 DESCRIPTION = "Train a segmentation model on its labels alone: the baseline that LAD's students are compared with."
 
 
-def train_model(argv, prog: str, description: str, config_class=SegmentationConfig, trainer_class=SegmentationTrainer):
-    """Parse, load the data, build the model, train it with `trainer_class`, save the run (also `self-distill`)."""
+def train_model(
+    argv, prog: str, description: str, config_class=SegmentationConfig, trainer_class=SegmentationTrainer, prepare=None
+):
+    """Parse, load the data, build the model (then `prepare(model, model_args, args, id2label)`, if given), train it
+    with `trainer_class` and save the run: `train`, `train-teacher` and `self-distill`."""
     model_args, data_args, args, _ = parse_arguments(
         (ModelArguments, DataArguments, config_class), argv, prog, description
     )
@@ -22,6 +25,8 @@ def train_model(argv, prog: str, description: str, config_class=SegmentationConf
     image_processor = load_image_processor(model_args.model_name_or_path)
     train_dataset, eval_dataset, id2label = load_data(data_args, args, image_processor)
     model = build_model(model_args, id2label)
+    if prepare is not None:
+        prepare(model, model_args, args, id2label)
     trainer = trainer_class(
         model=model,
         args=args,
