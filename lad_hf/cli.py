@@ -5,6 +5,7 @@ import importlib
 import sys
 
 from . import __version__
+from .demo import DemoSettings
 
 
 # Commands whose options are dataclass fields read by HfArgumentParser (`lad-hf COMMAND --help` lists them).
@@ -31,22 +32,44 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="Train and compare LAD with its baselines on the built-in digit-scenes benchmark (CPU, minutes).",
-        description="Builds the digit-scenes benchmark if missing, then trains and tests: the student alone, a LAD "
-        "teacher, the student distilled from it with CWD, the student distilled from a bigger image-only teacher, "
-        "and the control: the student distilled from a same-size image-only teacher. Writes results.md, "
-        "results.json, predictions.png and curves.png. Finished runs are reused, so a crashed demo resumes.",
+        help="Train and compare LAD with its baselines on the built-in digit-scenes benchmark (CPU).",
+        description="Builds the digit-scenes benchmark if missing and pretrains the backbones on single digits of "
+        "its train pool, then trains and tests, for each seed: the student alone; a LAD teacher, a same-size and a "
+        "big image-only teacher, each to convergence; and the student distilled with CWD from each teacher. Writes "
+        "results.md, results.json, predictions.png and curves.png. Finished runs are reused, so a crashed demo "
+        "resumes.",
     )
     demo.add_argument(
         "--output-dir", default="lad-demo", help="Where the runs and the results go (default: %(default)s)."
     )
     demo.add_argument(
-        "--seeds", type=int, nargs="+", default=[0], help="Seeds to run; more than one reports mean ± std."
+        "--seeds", type=int, nargs="+", default=None, help="Seeds to run, mean ± std over them (default: 0 1 2)."
+    )
+    demo.add_argument(
+        "--quick", action="store_true", help="One seed (0) instead of three: the same runs in a third of the time."
+    )
+    demo.add_argument(
+        "--train-size",
+        type=int,
+        default=DemoSettings.train_size,
+        help="Training scenes used, the first of the train split (default: %(default)s, of 4000).",
+    )
+    demo.add_argument(
+        "--scratch",
+        action="store_true",
+        help="Train every model from scratch instead of from the digit-pretrained backbones.",
     )
     demo.add_argument(
         "--budget", type=float, default=1.0, help="Scale of every run's number of steps (default: %(default)s)."
     )
     demo.add_argument("--data-dir", default=None, help="The digit-scenes folder (default: <output-dir>/digit_scenes).")
+    demo.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="Runs trained side by side, one process each; 1 runs them in turn with progress bars "
+        "(default: %(default)s).",
+    )
     demo.add_argument("--no-progress", action="store_true", help="Hide the progress bars.")
     demo.add_argument(
         "--methods",
@@ -55,6 +78,35 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["fakd", "lad_fakd", "sdes"],
         help="Add rows on the same student and budget: FAKD from the big teacher, LAD + FAKD, SDES.",
     )
+
+    study = commands.add_parser(
+        "study",
+        help="Map when LAD pays on the digit scenes: budgets, training-set sizes, scratch or pretrained, ablations.",
+        description="Trains, for every start (scratch, pretrained), training-set size and seed, a LAD teacher, a "
+        "same-size and a big image-only teacher to convergence, then students alone and distilled from each at "
+        "several budgets, and the paper's Table 8 / 9 ablations. Writes study.md, study.json, study.png and "
+        "study_convergence.png (a demo's output folder works: its runs are reused). "
+        "Hours on 2 CPU cores; finished runs are reused, so a crashed study resumes.",
+    )
+    study.add_argument(
+        "--output-dir", default="lad-study", help="Where the runs and the results go (default: %(default)s)."
+    )
+    study.add_argument(
+        "--data-dir", default=None, help="The digit-scenes folder (default: <output-dir>/digit_scenes)."
+    )
+    study.add_argument("--seeds", type=int, nargs="+", default=None, help="Seeds (default: 0 1 2).")
+    study.add_argument(
+        "--workers", type=int, default=2, help="Runs in parallel, one process each (default: %(default)s)."
+    )
+    study.add_argument(
+        "--stage",
+        choices=["all", "convergence"],
+        default="all",
+        help="'convergence': only the teachers and the students alone, to choose budgets before any distilled "
+        "student is seen (default: %(default)s).",
+    )
+    study.add_argument("--smoke", action="store_true", help="A few steps of everything: checks the study runs.")
+    study.add_argument("--no-progress", action="store_true", help="Hide the progress bars.")
 
     build = commands.add_parser(
         "build-digit-scenes",
@@ -99,16 +151,42 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from .demo import run_demo
 
+        if args.quick and args.seeds is not None:
+            parser.error("--quick runs seed 0 alone: leave out --seeds, or leave out --quick.")
+        seeds = (0,) if args.quick else tuple(args.seeds or (0, 1, 2))
         try:
             run_demo(
                 args.output_dir,
-                seeds=tuple(args.seeds),
+                seeds=seeds,
                 budget=args.budget,
                 data_dir=args.data_dir,
+                settings=DemoSettings(train_size=args.train_size),
                 show_progress=not args.no_progress,
                 methods=tuple(args.methods),
+                pretrained=not args.scratch,
+                workers=args.workers,
             )
-        except ValueError as error:
+        except (ValueError, FileExistsError) as error:
+            parser.error(str(error))
+        return 0
+    if args.command == "study":
+        from dataclasses import replace
+
+        from .study import StudySettings, run_study
+
+        study = StudySettings.smoke() if args.smoke else StudySettings()
+        if args.seeds is not None:
+            study = replace(study, seeds=tuple(args.seeds))
+        try:
+            run_study(
+                args.output_dir,
+                study,
+                args.data_dir,
+                workers=args.workers,
+                stage=args.stage,
+                show_progress=not args.no_progress,
+            )
+        except (ValueError, FileExistsError) as error:
             parser.error(str(error))
         return 0
     raise AssertionError(f"unhandled command {args.command}")

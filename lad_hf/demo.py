@@ -1,13 +1,17 @@
 """`lad-hf demo`: LAD against its baselines on the built-in digit-scenes benchmark, end to end on a CPU.
 
-Five students of one architecture and one budget, and the teachers they learn from:
+The regime is the paper's: every model starts from pretrained weights (the benchmark's "ImageNet": ResNets
+pretrained on single digits of the train pool, `lad_hf.pretraining`), the teachers are trained to convergence (a
+longer budget than the students and early stopping on validation mIoU, keeping their best checkpoint), and the
+students train for a budget at which the student alone has converged. One student architecture, and for each seed:
 
 1. `student`: the student alone (cross-entropy);
 2. `lad_teacher`: a LAD teacher of the student's architecture, reading the noised label, dual-path trained;
 3. `student_lad`: the student distilled from (2) with CWD;
-4. `student_big`: the student distilled with CWD from `big_teacher`, a wider and deeper image-only model;
-5. `student_self`: the control, the student distilled with CWD from (1), a same-size image-only teacher, so that
-   LAD's gain is separated from the generic gain of distillation.
+4. `self_teacher`: the student's architecture trained on the image alone exactly as (2) is trained (same budget,
+   early stopping), and 5. `student_self`: the student distilled from it, the control that separates LAD's gain
+   from what any same-size teacher gives;
+6. `big_teacher`: a wider image-only model trained as (2), and 7. `student_big`: the student distilled from it.
 
 Every run writes its model and a `run_result.json` to `<output_dir>/seed-<s>/<run>/`; a demo started again skips the
 runs that finished, so a crashed demo resumes. The summary (`results.md`, `results.json`, `predictions.png`,
@@ -17,15 +21,19 @@ runs that finished, so a crashed demo resumes. The summary (`results.md`, `resul
 import json
 import math
 import os
+import shutil
 import statistics
 import tempfile
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
+from multiprocessing import get_context
 from pathlib import Path
 
+import datasets
 import numpy as np
 import torch
-from transformers import AutoModelForSemanticSegmentation, ResNetConfig
+from transformers import AutoModelForSemanticSegmentation, EarlyStoppingCallback, PrinterCallback, ResNetConfig
 from transformers.utils import logging
 
 from .configuration_lad_seg import LadSegConfig
@@ -38,6 +46,7 @@ from .lad_teacher_config import LadTeacherConfig
 from .lad_teacher_trainer import LadTeacherTrainer
 from .modeling_lad_seg import LadSegForSemanticSegmentation
 from .noising import LabelNoiser
+from .pretraining import pretrain_digit_backbone
 from .sdes import SelfDistillationConfig, SelfDistillationTrainer
 from .segmentation_trainer import SegmentationConfig, SegmentationTrainer
 
@@ -46,61 +55,122 @@ __all__ = ["DemoSettings", "RUNS", "run_demo"]
 
 logger = logging.get_logger(__name__)
 
-RUNS = ("student", "lad_teacher", "student_lad", "big_teacher", "student_big", "student_self")
+RUNS = ("student", "lad_teacher", "student_lad", "self_teacher", "student_self", "big_teacher", "student_big")
+TEACHERS = ("lad_teacher", "self_teacher", "big_teacher")
 # More methods on the same student and budget (`lad-hf demo --methods ...`), after the runs above.
 METHOD_RUNS = {"fakd": "student_fakd", "lad_fakd": "student_lad_fakd", "sdes": "student_sdes"}
+# The teacher each distilled student learns from.
+TEACHER_OF = {
+    "student_lad": "lad_teacher",
+    "student_self": "self_teacher",
+    "student_big": "big_teacher",
+    "student_fakd": "big_teacher",
+    "student_lad_fakd": "lad_teacher",
+}
 RUN_TITLES = {
     "student": "(1) student alone",
     "lad_teacher": "(2) LAD teacher (same architecture + label channel)",
     "student_lad": "(3) student distilled from (2), CWD",
-    "big_teacher": "big image-only teacher",
-    "student_big": "(4) student distilled from the big teacher, CWD",
-    "student_self": "(5) control: student distilled from (1), CWD",
-    "student_fakd": "FAKD: student distilled from the big teacher, FAKD-CWD",
+    "self_teacher": "(4) same-size image-only teacher",
+    "student_self": "(5) control: student distilled from (4), CWD",
+    "big_teacher": "(6) big image-only teacher",
+    "student_big": "(7) student distilled from (6), CWD",
+    "student_fakd": "FAKD: student distilled from (6), FAKD-CWD",
     "student_lad_fakd": "LAD + FAKD: student distilled from (2), FAKD-CWD",
     "student_sdes": "SDES: student self-distilled with expert decoders",
+}
+SHORT_TITLES = {
+    "student": "(1) student alone",
+    "lad_teacher": "(2) LAD teacher",
+    "student_lad": "(3) student from LAD teacher",
+    "self_teacher": "(4) same-size teacher",
+    "student_self": "(5) student from (4)",
+    "big_teacher": "(6) big teacher",
+    "student_big": "(7) student from big teacher",
+    "student_fakd": "FAKD from (6)",
+    "student_lad_fakd": "LAD + FAKD",
+    "student_sdes": "SDES",
 }
 
 
 @dataclass
 class DemoSettings:
-    """The demo's budget and models. `budget` scales the number of steps of every run."""
+    """The demo's models and budgets. `budget` scales every number of steps (pretraining included)."""
 
-    steps: int = 1200
+    student_steps: int = 2400
+    teacher_steps: int = 4800
+    early_stopping_patience: int = 4
+    eval_every: int = 300
     budget: float = 1.0
     batch_size: int = 16
     learning_rate: float = 3e-3
     image_size: int = 64
     scale_range: tuple[float, float] = (0.8, 1.25)
-    eval_points: int = 4
+    train_size: int | None = 1000
+    pretrained: bool = True
+    pretrain_steps: int = 1500
+    pretrain_batch_size: int = 64
+    pretrain_image_size: int = 48
     student_widths: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
     student_depths: list[int] = field(default_factory=lambda: [1, 1, 1, 1])
     big_widths: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
     big_depths: list[int] = field(default_factory=lambda: [1, 1, 1, 1])
     decode_channels: int = 64
     label_stem_channels: int = 8
+    label_noise_alpha: float = 0.01
+    label_class_noise: bool = True
+    consistency_weight: float = 1.0
+    consistency_loss: str = "cwd"
     kd_weight: float = 3.0
     kd_temperature: float = 4.0
-    consistency_weight: float = 1.0
-    label_noise_alpha: float = 0.01
     eval_batch_size: int = 50
+    channels_last: bool = True
+
+    def scaled(self, steps: int) -> int:
+        return max(1, round(steps * self.budget))
 
     @property
-    def max_steps(self) -> int:
-        return max(1, round(self.steps * self.budget))
+    def eval_steps(self) -> int:
+        """Steps between validations (curves, and the teachers' early stopping)."""
+        return self.scaled(self.eval_every)
+
+    def fingerprint(self, teacher: bool) -> dict:
+        """What a run's result depends on: all settings, but the students' budget for a teacher (several student
+        budgets share the teachers)."""
+        settings = asdict(self)
+        if teacher:
+            settings.pop("student_steps")
+        return json.loads(json.dumps(settings))
 
 
-def segmenter_config(widths: list[int], depths: list[int], decode_channels: int, id2label: dict) -> LadSegConfig:
-    """A DeepLabV3 over a small ResNet (output stride 8), the demo's models."""
-    backbone = ResNetConfig(embedding_size=widths[0], hidden_sizes=widths, depths=depths, layer_type="basic")
-    return LadSegConfig(
+def segmenter_config(
+    widths: list[int],
+    depths: list[int],
+    decode_channels: int,
+    id2label: dict,
+    pretrained_backbone: str | os.PathLike | None = None,
+) -> LadSegConfig:
+    """A DeepLabV3 over a small ResNet (output stride 8), the demo's models; with `pretrained_backbone`, a folder
+    written by `pretrain_digit_backbone`, its weights are loaded as a user loads `microsoft/resnet-18`."""
+    if pretrained_backbone is None:
+        backbone = ResNetConfig(embedding_size=widths[0], hidden_sizes=widths, depths=depths, layer_type="basic")
+    else:
+        backbone = os.fspath(pretrained_backbone)
+    config = LadSegConfig(
         backbone=backbone,
+        use_pretrained_backbone=pretrained_backbone is not None,
         decode_head="aspp",
         aspp_rates=[2, 4, 6],
         decode_channels=decode_channels,
         id2label=id2label,
         label2id={name: k for k, name in id2label.items()},
     )
+    if list(config.backbone_config.hidden_sizes) != list(widths) or list(config.backbone_config.depths) != depths:
+        raise ValueError(
+            f"The pretrained backbone in {pretrained_backbone} has widths {config.backbone_config.hidden_sizes} "
+            f"and depths {config.backbone_config.depths}, the settings ask for {widths} and {depths}."
+        )
+    return config
 
 
 def _write_json(path: Path, payload: dict) -> None:
@@ -110,25 +180,95 @@ def _write_json(path: Path, payload: dict) -> None:
     os.replace(handle.name, path)
 
 
-class DemoRun:
-    """One seed of the demo: the datasets, the runs, and their results."""
+def pretrain_backbones(out_dir: Path, settings: DemoSettings, show_progress: bool = True) -> dict[str, dict]:
+    """The student's and the big teacher's backbones pretrained on single digits of the train pool (shared by all
+    seeds and runs, as one ImageNet checkpoint is in the paper): `{"student": results, "big": results}`, each with
+    its `path`. A finished pretraining is reused."""
+    pretrained = {}
+    for kind, widths, depths in (
+        ("student", settings.student_widths, settings.student_depths),
+        ("big", settings.big_widths, settings.big_depths),
+    ):
+        path = out_dir / kind
+        if not (path / "pretrain_results.json").exists():
+            logger.warning(f"Pretraining the {kind} backbone on single digits of the train pool, in {path}")
+        backbone = ResNetConfig(embedding_size=widths[0], hidden_sizes=widths, depths=depths, layer_type="basic")
+        results = pretrain_digit_backbone(
+            backbone,
+            path,
+            steps=settings.scaled(settings.pretrain_steps),
+            batch_size=settings.pretrain_batch_size,
+            image_size=settings.pretrain_image_size,
+            learning_rate=settings.learning_rate,
+            show_progress=show_progress,
+        )
+        pretrained[kind] = {"path": str(path), **{k: v for k, v in results.items() if k != "log_history"}}
+    return pretrained
 
-    def __init__(self, data_dir: Path, out_dir: Path, seed: int, settings: DemoSettings, show_progress: bool):
+
+class DemoRun:
+    """One seed of the demo: the datasets, the runs, and their results.
+
+    Args:
+        data_dir: The digit-scenes folder.
+        out_dir: Where the runs go (`<out_dir>/<run>/`).
+        seed: Seed of the weights, the augmentation and the noise.
+        settings: Models and budgets.
+        show_progress: The Trainer's progress bars.
+        pretrained: `pretrain_backbones`'s result, when `settings.pretrained`.
+        teacher_dir: Where the teachers are (default `out_dir`): several student budgets can share them.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        out_dir: Path,
+        seed: int,
+        settings: DemoSettings,
+        show_progress: bool = True,
+        pretrained: dict[str, dict] | None = None,
+        teacher_dir: Path | None = None,
+    ):
         self.out_dir, self.seed, self.settings, self.show_progress = out_dir, seed, settings, show_progress
+        self.teacher_dir = teacher_dir or out_dir
+        if settings.pretrained and pretrained is None:
+            raise ValueError("settings.pretrained needs the pretrained backbones (pretrain_backbones).")
+        self.pretrained = pretrained if settings.pretrained else None
         size = (settings.image_size, settings.image_size)
         train_transform = SegmentationTransforms(size, scale_range=settings.scale_range, seed=seed)
         eval_transform = self.eval_transform = SegmentationTransforms(size, train=False)
         self.train = load_segmentation_dataset(data_dir, "train", transform=train_transform)
+        if settings.train_size is not None:
+            if settings.train_size > len(self.train):
+                raise ValueError(f"train_size {settings.train_size} exceeds the {len(self.train)} training scenes.")
+            self.train = self.train.select(range(settings.train_size))
         self.validation = load_segmentation_dataset(data_dir, "validation", transform=eval_transform)
         self.test = load_segmentation_dataset(data_dir, "test", transform=eval_transform)
         self.id2label = json.loads((data_dir / "id2label.json").read_text())
         self.id2label = {int(k): v for k, v in self.id2label.items()}
 
-    def args(self, config_class, run: str, **overrides):
+    def run_dir(self, name: str) -> Path:
+        return (self.teacher_dir if name in TEACHERS else self.out_dir) / name
+
+    def args(self, config_class, name: str, **overrides):
         s = self.settings
-        steps = s.max_steps
+        teacher = name in TEACHERS
+        steps = s.scaled(s.teacher_steps if teacher else s.student_steps)
+        if teacher:
+            # Converged teachers: the best validation checkpoint of a longer run that stops when it stops improving.
+            overrides = {
+                "save_strategy": "steps",
+                "save_steps": s.eval_steps,
+                "save_total_limit": 1,
+                "load_best_model_at_end": True,
+                "metric_for_best_model": "mean_iou",
+                "greater_is_better": True,
+                **overrides,
+            }
+        else:
+            overrides = {"save_strategy": "no", **overrides}
         return config_class(
-            output_dir=str(self.out_dir / run / "trainer"),
+            output_dir=str(self.run_dir(name) / "trainer"),
             max_steps=steps,
             per_device_train_batch_size=s.batch_size,
             per_device_eval_batch_size=s.eval_batch_size,
@@ -137,95 +277,109 @@ class DemoRun:
             lr_scheduler_type="polynomial",
             lr_scheduler_kwargs={"power": 0.9, "lr_end": 0.0},
             warmup_steps=min(50, steps // 10),
-            logging_steps=max(1, steps // 20),
+            logging_steps=s.eval_steps,
             eval_strategy="steps",
-            eval_steps=max(1, steps // s.eval_points),
-            save_strategy="no",
+            eval_steps=s.eval_steps,
             report_to="none",
             use_cpu=True,
             seed=self.seed,
             data_seed=self.seed,
             dataloader_num_workers=0,
             disable_tqdm=not self.show_progress,
+            channels_last=s.channels_last,
             **overrides,
         )
 
     def model(self, big: bool = False) -> LadSegForSemanticSegmentation:
         s = self.settings
         widths, depths = (s.big_widths, s.big_depths) if big else (s.student_widths, s.student_depths)
+        backbone = self.pretrained["big" if big else "student"]["path"] if self.pretrained else None
         torch.manual_seed(self.seed)
-        return LadSegForSemanticSegmentation(segmenter_config(widths, depths, s.decode_channels, self.id2label))
+        config = segmenter_config(widths, depths, s.decode_channels, self.id2label, backbone)
+        return LadSegForSemanticSegmentation(config)
 
-    def run(self, name: str) -> dict:
-        """Train and test one run, or read its result if an earlier demo finished it."""
-        run_dir = self.out_dir / name
-        result_path = run_dir / "run_result.json"
-        if result_path.exists():
-            logger.warning(f"{name} (seed {self.seed}): finished earlier, reusing {run_dir}")
-            return json.loads(result_path.read_text())
-        logger.warning(f"{name} (seed {self.seed}): {RUN_TITLES[name]}, {self.settings.max_steps} steps")
+    def trainer(self, name: str) -> SegmentationTrainer:
         s = self.settings
         common = dict(train_dataset=self.train, eval_dataset=self.validation, data_collator=SegmentationCollator())
-        if name in ("student", "big_teacher"):
-            trainer = SegmentationTrainer(
-                model=self.model(big=name == "big_teacher"), args=self.args(SegmentationConfig, name), **common
-            )
-        elif name == "lad_teacher":
+        if name in TEACHERS:
+            common["callbacks"] = [EarlyStoppingCallback(early_stopping_patience=s.early_stopping_patience)]
+        if name in ("student", "self_teacher", "big_teacher"):
+            model = self.model(big=name == "big_teacher")
+            return SegmentationTrainer(model=model, args=self.args(SegmentationConfig, name), **common)
+        if name == "lad_teacher":
             args = self.args(
                 LadTeacherConfig,
                 name,
                 label_noise_alpha=s.label_noise_alpha,
+                label_class_noise=s.label_class_noise,
                 consistency_weight=s.consistency_weight,
+                consistency_loss=s.consistency_loss,
             )
             model = add_label_channel(self.model(), args.label_noiser(len(self.id2label)), s.label_stem_channels)
-            trainer = LadTeacherTrainer(model=model, args=args, **common)
-        elif name == "student_sdes":
-            trainer = SelfDistillationTrainer(
-                model=self.model(),
-                args=self.args(SelfDistillationConfig, name, sdes_temperature=s.kd_temperature),
-                **common,
-            )
-        else:
-            teacher_run = {
-                "student_lad": "lad_teacher",
-                "student_big": "big_teacher",
-                "student_self": "student",
-                "student_fakd": "big_teacher",
-                "student_lad_fakd": "lad_teacher",
-            }[name]
-            teacher = AutoModelForSemanticSegmentation.from_pretrained(self.out_dir / teacher_run / "model")
-            kd_loss = "fakd_cwd" if name.endswith("fakd") else "cwd"
-            args = self.args(
-                DistillationConfig, name, kd_loss=kd_loss, kd_weight=s.kd_weight, kd_temperature=s.kd_temperature
-            )
-            trainer = DistillationTrainer(model=self.model(), teacher_model=teacher, args=args, **common)
+            return LadTeacherTrainer(model=model, args=args, **common)
+        if name == "student_sdes":
+            args = self.args(SelfDistillationConfig, name, sdes_temperature=s.kd_temperature)
+            return SelfDistillationTrainer(model=self.model(), args=args, **common)
+        teacher = AutoModelForSemanticSegmentation.from_pretrained(self.run_dir(TEACHER_OF[name]) / "model")
+        kd_loss = "fakd_cwd" if name.endswith("fakd") else "cwd"
+        args = self.args(
+            DistillationConfig, name, kd_loss=kd_loss, kd_weight=s.kd_weight, kd_temperature=s.kd_temperature
+        )
+        return DistillationTrainer(model=self.model(), teacher_model=teacher, args=args, **common)
+
+    def run(self, name: str) -> dict:
+        """Train and test one run, or read its result if an earlier demo finished it."""
+        run_dir = self.run_dir(name)
+        result_path = run_dir / "run_result.json"
+        fingerprint = self.settings.fingerprint(teacher=name in TEACHERS)
+        if result_path.exists():
+            result = json.loads(result_path.read_text())
+            if result.get("settings") != fingerprint:
+                changed = sorted(k for k in fingerprint if fingerprint[k] != result.get("settings", {}).get(k))
+                raise ValueError(
+                    f"{run_dir} holds a run trained with other settings (they differ in {changed}): use another "
+                    "output folder, or remove that one."
+                )
+            logger.warning(f"{name} (seed {self.seed}): finished earlier, reusing {run_dir}")
+            return result
+        s = self.settings
+        steps = s.scaled(s.teacher_steps if name in TEACHERS else s.student_steps)
+        logger.warning(f"{name} (seed {self.seed}): {RUN_TITLES[name]}, up to {steps} steps, in {run_dir}")
+        shutil.rmtree(run_dir / "trainer", ignore_errors=True)  # checkpoints of an interrupted run
+        trainer = self.trainer(name)
+        if not self.show_progress:
+            trainer.remove_callback(PrinterCallback)  # no log dicts on the console either
         start = time.perf_counter()
         trainer.train()
         train_seconds = time.perf_counter() - start
+        if name == "lad_teacher":
+            trainer.args.eval_stability = True  # the paper's Table 8 stability, on the test split only
         metrics = trainer.evaluate(self.test, metric_key_prefix="test")
         trainer.save_model(str(run_dir / "model"))
+        shutil.rmtree(run_dir / "trainer", ignore_errors=True)  # checkpoints: the model is saved
         result = {
             "run": name,
             "seed": self.seed,
-            "steps": s.max_steps,
+            "steps": trainer.state.global_step,
+            "best_step": _best_step(trainer.state) if name in TEACHERS else trainer.state.global_step,
             "train_seconds": round(train_seconds, 1),
             "parameters": trainer.model.num_parameters(),
             "test": {k.removeprefix("test_"): v for k, v in metrics.items()},
             "log_history": trainer.state.log_history,
+            "settings": fingerprint,
         }
         _write_json(result_path, result)
         return result
 
     @torch.no_grad()
     def predictions(self, count: int = 4) -> list[dict[str, np.ndarray]]:
-        """Image, label, the LAD teacher's noised label, and the predictions of (1), (2) and (3) on test scenes."""
+        """Image, label, the LAD teacher's noised label, and every run's prediction on the first test scenes."""
         batch = SegmentationCollator()([self.test[i] for i in range(count)])
         models = {
-            name: AutoModelForSemanticSegmentation.from_pretrained(self.out_dir / name / "model").eval()
-            for name in ("student", "lad_teacher", "student_lad")
+            name: AutoModelForSemanticSegmentation.from_pretrained(self.run_dir(name) / "model").eval()
+            for name in RUNS
         }
-        teacher = models["lad_teacher"]
-        noiser = LabelNoiser.from_config(teacher.config)
+        noiser = LabelNoiser.from_config(models["lad_teacher"].config)
         generator = torch.Generator().manual_seed(self.seed)
         teacher_inputs = build_teacher_inputs(batch["pixel_values"], batch["labels"], noiser, generator=generator)
         size = batch["labels"].shape[-2:]
@@ -248,31 +402,150 @@ class DemoRun:
         ]
 
 
-def _mean_std(values: list[float]) -> str:
+@dataclass(frozen=True)
+class Job:
+    """One run: `DemoRun(root / out_dir, teacher_dir=root / teacher_dir).run(name)` with `settings` (a
+    `DemoSettings` as a dict). Where it is written identifies it; `tags` say where it belongs in a summary."""
+
+    out_dir: str
+    teacher_dir: str
+    name: str
+    seed: int
+    settings: dict = field(hash=False, compare=False)
+    tags: dict = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def needs(self) -> "Job | None":
+        """The teacher's job, for a distilled student."""
+        if self.name not in TEACHER_OF:
+            return None
+        return Job(self.teacher_dir, self.teacher_dir, TEACHER_OF[self.name], self.seed, {})
+
+    def describe(self) -> str:
+        return f"{self.out_dir}/{self.name}"
+
+
+def arm_name(settings: DemoSettings) -> str:
+    """`pretrained-n1000`, `scratch-n4000` ...: the start and the training-set size."""
+    return f"{'pretrained' if settings.pretrained else 'scratch'}-n{settings.train_size or 'all'}"
+
+
+def make_job(name: str, seed: int, settings: DemoSettings, group: str | None = None, **tags) -> Job:
+    """The job of run `name`: teachers in `<group>/teachers`, students in `<group>/steps-<student steps>`, with
+    `group` `<arm>/seed-<seed>` by default. The demo and the study share this layout, so a study run in the demo's
+    folder reuses the demo's runs."""
+    group = group or f"{arm_name(settings)}/seed-{seed}"
+    teachers = f"{group}/teachers"
+    out_dir = teachers if name in TEACHERS else f"{group}/steps-{settings.scaled(settings.student_steps)}"
+    return Job(out_dir, teachers, name, seed, asdict(settings), tags)
+
+
+def run_job(job: Job, root: str, data_dir: str, pretrained: dict | None, show_progress: bool = False) -> dict:
+    """Run (or reuse) one job in this process; returns its `run_result.json`."""
+    settings = DemoSettings(**job.settings)
+    out_dir, teacher_dir = Path(root) / job.out_dir, Path(root) / job.teacher_dir
+    demo = DemoRun(Path(data_dir), out_dir, job.seed, settings, show_progress, pretrained, teacher_dir=teacher_dir)
+    return demo.run(job.name)
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+    # Two processes' bars would overwrite each other: the main process logs each finished run instead.
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+
+
+def run_jobs(
+    jobs: list[Job], root: Path, data_dir: Path, pretrained: dict | None, workers: int, show_progress: bool = True
+) -> dict[Job, dict]:
+    """Run jobs, a student only once its teacher has finished, earlier jobs first, `workers` at a time.
+
+    With several workers each run is a process of its own with `threads / workers` torch threads: on a small CPU
+    two single-thread runs side by side train more steps per second than one run on both threads. With one worker
+    the runs go one after the other in this process, with the Trainer's progress bars. Every finished run is logged.
+    """
+    results: dict[Job, dict] = {}
+    planned, pending = set(jobs), list(jobs)
+    total, start = len(jobs), time.perf_counter()
+
+    def ready() -> list[Job]:
+        return [job for job in pending if job.needs is None or job.needs in results or job.needs not in planned]
+
+    def finished(job: Job, result: dict) -> None:
+        results[job] = result
+        logger.warning(
+            f"[{len(results)}/{total}, {(time.perf_counter() - start) / 60:.1f} min] {job.describe()} (seed "
+            f"{job.seed}): test mIoU {100 * result['test']['mean_iou']:.1f}, {result['steps']} steps"
+        )
+
+    if workers == 1:
+        while pending:
+            job = ready()[0]
+            pending.remove(job)
+            finished(job, run_job(job, str(root), str(data_dir), pretrained, show_progress))
+        return results
+    threads = max(1, torch.get_num_threads() // workers)
+    with ProcessPoolExecutor(
+        workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(threads,)
+    ) as pool:
+        running = {}
+        while pending or running:
+            for job in ready()[: workers - len(running)]:
+                pending.remove(job)
+                running[pool.submit(run_job, job, str(root), str(data_dir), pretrained)] = job
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                finished(running.pop(future), future.result())
+    return results
+
+
+def _best_step(state) -> int:
+    """The step of the checkpoint the Trainer kept as best (`checkpoint-<step>`)."""
+    if state.best_model_checkpoint is None:
+        return state.global_step
+    return int(Path(state.best_model_checkpoint).name.rpartition("-")[2])
+
+
+def mean_std(values: list[float], scale: float = 100.0, signed: bool = False) -> str:
+    """`"m"` for one value, `"m ± s"` (sample std) for several, in percent by default."""
+    sign = "+" if signed else ""
     if len(values) == 1:
-        return f"{100 * values[0]:.1f}"
-    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
+        return f"{scale * values[0]:{sign}.1f}"
+    return f"{scale * statistics.mean(values):{sign}.1f} ± {scale * statistics.stdev(values):.1f}"
 
 
-def summarise(results: dict[int, dict[str, dict]], settings: DemoSettings) -> tuple[str, dict]:
+def summarise(
+    results: dict[int, dict[str, dict]], settings: DemoSettings, pretrained: dict | None
+) -> tuple[str, dict]:
     """The markdown table and the JSON summary over seeds."""
     seeds = sorted(results)
     runs = list(results[seeds[0]])
+    alone = [results[seed]["student"]["test"]["mean_iou"] for seed in seeds]
     rows = [
-        "| run | test mIoU (%) | mean accuracy (%) | train time (s) | parameters |",
-        "| --- | --- | --- | --- | --- |",
+        "| run | test mIoU (%) | vs (1), same seed | mean accuracy (%) | steps (best) | train time (s) | parameters |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    summary = {"settings": asdict(settings), "seeds": seeds, "runs": {}}
+    summary = {"settings": asdict(settings), "seeds": seeds, "pretrained": pretrained, "runs": {}}
     for name in runs:
         per_seed = [results[seed][name] for seed in seeds]
         miou = [r["test"]["mean_iou"] for r in per_seed]
         accuracy = [r["test"]["mean_accuracy"] for r in per_seed]
         seconds = [r["train_seconds"] for r in per_seed]
+        best = [r.get("best_step", r["steps"]) for r in per_seed]
+        gain = [m - a for m, a in zip(miou, alone, strict=True)]
+        paired = mean_std(gain, signed=True) if name.startswith("student_") else ""
         rows.append(
-            f"| {RUN_TITLES[name]} | {_mean_std(miou)} | {_mean_std(accuracy)} | {statistics.mean(seconds):.0f} | "
-            f"{per_seed[0]['parameters'] / 1e6:.2f}M |"
+            f"| {RUN_TITLES[name]} | {mean_std(miou)} | {paired} | {mean_std(accuracy)} | "
+            f"{statistics.mean(best):.0f} | {statistics.mean(seconds):.0f} | {per_seed[0]['parameters'] / 1e6:.2f}M |"
         )
-        summary["runs"][name] = {"mean_iou": miou, "mean_accuracy": accuracy, "train_seconds": seconds}
+        summary["runs"][name] = {
+            "mean_iou": miou,
+            "mean_accuracy": accuracy,
+            "gain_over_student": gain,
+            "best_step": best,
+            "train_seconds": seconds,
+        }
     teacher = [results[seed]["lad_teacher"]["test"] for seed in seeds]
     reliance = {
         key: [t[key] for t in teacher]
@@ -280,15 +553,18 @@ def summarise(results: dict[int, dict[str, dict]], settings: DemoSettings) -> tu
         if all(key in t for t in teacher)
     }
     summary["lad_teacher_label_reliance"] = reliance
+    start = "digit-pretrained backbones" if settings.pretrained else "scratch"
     lines = [
-        f"Digit scenes, test split; {settings.max_steps} steps of batch {settings.batch_size} per run at "
-        f"{settings.image_size}x{settings.image_size}; seeds {seeds} (mean ± std where more than one).",
+        f"Digit scenes, test split; models from {start}; students {settings.scaled(settings.student_steps)} steps, "
+        f"teachers up to {settings.scaled(settings.teacher_steps)} steps with early stopping (best validation "
+        f"checkpoint), batch {settings.batch_size} at {settings.image_size}x{settings.image_size}; "
+        f"seeds {seeds} (mean ± std where more than one).",
         "",
         *rows,
         "",
         "LAD teacher's label reliance (test mIoU %): "
         + ", ".join(
-            f"{label} {_mean_std(reliance[key])}"
+            f"{label} {mean_std(reliance[key])}"
             for key, label in (
                 ("mean_iou", "with its noised label"),
                 ("mean_iou_shuffled_label", "with another image's label"),
@@ -298,7 +574,24 @@ def summarise(results: dict[int, dict[str, dict]], settings: DemoSettings) -> tu
         )
         + ".",
     ]
+    if pretrained:
+        lines += [
+            "",
+            "Pretrained backbones (digit classification, train-pool digits only; accuracy on held-out renders): "
+            + ", ".join(
+                f"{kind} {100 * p['accuracy']:.1f}% in {p['train_seconds']:.0f} s" for kind, p in pretrained.items()
+            )
+            + ".",
+        ]
     return "\n".join(lines) + "\n", summary
+
+
+def overlay(image: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Class colours over an image; background pixels show the image."""
+    palette = class_palette()
+    blended = image.astype(np.float32) * 0.45 + palette[np.clip(classes, 0, 255)] * 0.55
+    blended[classes == 0] = image[classes == 0]
+    return blended.astype(np.uint8)
 
 
 def plot_predictions(path: Path, rows: list[dict[str, np.ndarray]]) -> None:
@@ -307,99 +600,129 @@ def plot_predictions(path: Path, rows: list[dict[str, np.ndarray]]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    columns = [
-        ("image", "image"),
-        ("label", "ground truth"),
-        ("noised_label", "noised label (teacher input)"),
-        ("student", "(1) student alone"),
-        ("lad_teacher", "(2) LAD teacher"),
-        ("student_lad", "(3) student from (2)"),
-    ]
-    palette = class_palette()
-    figure, axes = plt.subplots(len(rows), len(columns), figsize=(2.2 * len(columns), 2.2 * len(rows)), squeeze=False)
+    columns = [("image", "image"), ("label", "ground truth"), ("noised_label", "noised label (teacher input)")]
+    columns += [(name, SHORT_TITLES[name]) for name in RUNS]
+    figure, axes = plt.subplots(len(rows), len(columns), figsize=(1.9 * len(columns), 2.0 * len(rows)), squeeze=False)
     for r, row in enumerate(rows):
         for c, (key, title) in enumerate(columns):
             axis = axes[r][c]
+            # Nearest-neighbour pixels: the 64x64 scenes as they are (and a small PNG).
             if key == "image":
-                axis.imshow(row["image"])
+                axis.imshow(row["image"], interpolation="nearest")
             elif key == "noised_label":
-                axis.imshow(row[key], cmap="viridis")
+                axis.imshow(row[key], cmap="viridis", interpolation="nearest")
             else:
-                overlay = row["image"].astype(np.float32) * 0.45 + palette[np.clip(row[key], 0, 255)] * 0.55
-                overlay[row[key] == 0] = row["image"][row[key] == 0]
-                axis.imshow(overlay.astype(np.uint8))
+                axis.imshow(overlay(row["image"], row[key]), interpolation="nearest")
             axis.set_xticks([])
             axis.set_yticks([])
             if r == 0:
-                axis.set_title(title, fontsize=8)
+                axis.set_title(title, fontsize=7)
     figure.tight_layout()
-    _save_figure(figure, path)
+    save_figure(figure, path)
     plt.close(figure)
 
 
 def plot_curves(path: Path, results: dict[str, dict]) -> None:
+    """Validation mIoU against steps for every run of one seed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (loss_axis, miou_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    figure, axis = plt.subplots(figsize=(7, 4.5))
     for name in results:
         history = results[name]["log_history"]
-        train = [(h["step"], h["loss"]) for h in history if "loss" in h]
-        evals = [(h["step"], h["eval_mean_iou"]) for h in history if "eval_mean_iou" in h]
-        if train:
-            loss_axis.plot(*zip(*train, strict=True), label=name)
+        evals = [(h["step"], 100 * h["eval_mean_iou"]) for h in history if "eval_mean_iou" in h]
         if evals:
-            miou_axis.plot(*zip(*evals, strict=True), marker="o", label=name)
-    loss_axis.set(xlabel="step", ylabel="training loss", title="training loss", yscale="log")
-    miou_axis.set(xlabel="step", ylabel="validation mIoU", title="validation mIoU")
-    miou_axis.legend(fontsize=8)
+            style = "--" if name in TEACHERS else "-"
+            axis.plot(*zip(*evals, strict=True), style, marker="o", markersize=3, label=SHORT_TITLES[name])
+    axis.set(xlabel="step", ylabel="validation mIoU (%)", title="Validation mIoU (teachers dashed)")
+    axis.legend(fontsize=7)
+    axis.grid(alpha=0.3)
     figure.tight_layout()
-    _save_figure(figure, path)
+    save_figure(figure, path)
     plt.close(figure)
 
 
-def _save_figure(figure, path: Path) -> None:
+def save_figure(figure, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp.png")
     figure.savefig(tmp, dpi=100)
     os.replace(tmp, path)
 
 
+def check_settings(settings: DemoSettings, seeds, methods=()) -> None:
+    """Refuse impossible options before any work."""
+    if settings.budget <= 0 or not math.isfinite(settings.budget):
+        raise ValueError(f"budget must be a positive number (1.0 = the default budget), got {settings.budget}.")
+    if not seeds:
+        raise ValueError("seeds must name at least one seed.")
+    if settings.train_size is not None and settings.train_size < settings.batch_size:
+        raise ValueError(
+            f"train_size must hold at least one batch ({settings.batch_size}), got {settings.train_size}."
+        )
+    unknown = [m for m in methods if m not in METHOD_RUNS]
+    if unknown:
+        raise ValueError(f"Unknown methods {unknown}; the demo adds {sorted(METHOD_RUNS)}.")
+
+
+def ensure_digit_scenes(data_dir: Path, train_sizes: tuple[int | None, ...] = ()) -> Path:
+    """Build the benchmark in `data_dir` if missing; refuse training-set sizes beyond its train split."""
+    if not (data_dir / "build_info.json").exists():
+        logger.warning(f"Building the digit-scenes benchmark in {data_dir}")
+        build_digit_scenes(data_dir)
+    available = len(load_segmentation_dataset(data_dir, "train"))
+    too_big = [size for size in train_sizes if size is not None and size > available]
+    if too_big:
+        raise ValueError(
+            f"train_size {too_big[0]} exceeds the {available} training scenes of {data_dir}: ask for at most "
+            f"{available}."
+        )
+    return data_dir
+
+
 def run_demo(
     output_dir: str | os.PathLike = "lad-demo",
-    seeds: tuple[int, ...] = (0,),
+    seeds: tuple[int, ...] = (0, 1, 2),
     budget: float = 1.0,
     data_dir: str | os.PathLike | None = None,
     settings: DemoSettings | None = None,
     show_progress: bool = True,
     methods: tuple[str, ...] = (),
+    pretrained: bool = True,
+    workers: int = 2,
 ) -> dict:
-    """Build the digit-scenes benchmark if missing, train and test the demo's runs for each seed, and write the
-    summary to `output_dir`. Returns the JSON summary."""
-    settings = replace(settings or DemoSettings(), budget=budget)
-    if budget <= 0 or not math.isfinite(budget):
-        raise ValueError(f"budget must be a positive number (1.0 = the default budget), got {budget}.")
-    if not seeds:
-        raise ValueError("seeds must name at least one seed.")
-    unknown = [m for m in methods if m not in METHOD_RUNS]
-    if unknown:
-        raise ValueError(f"Unknown methods {unknown}; the demo adds {sorted(METHOD_RUNS)}.")
+    """Build the digit-scenes benchmark if missing, pretrain the backbones (unless `pretrained=False`), train and
+    test the demo's runs for each seed (`workers` at a time), and write the summary to `output_dir`. Returns the
+    JSON summary."""
+    settings = replace(settings or DemoSettings(), budget=budget, pretrained=pretrained)
+    check_settings(settings, seeds, methods)
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}.")
+    start = time.perf_counter()
     runs = RUNS + tuple(METHOD_RUNS[m] for m in methods)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     data_dir = Path(data_dir) if data_dir is not None else output_dir / "digit_scenes"
-    if not (data_dir / "build_info.json").exists():
-        logger.warning(f"Building the digit-scenes benchmark in {data_dir}")
-        build_digit_scenes(data_dir)
-    results, first = {}, None
-    for seed in seeds:
-        demo = DemoRun(data_dir, output_dir / f"seed-{seed}", seed, settings, show_progress)
-        results[seed] = {name: demo.run(name) for name in runs}
-        first = first or demo
-    table, summary = summarise(results, settings)
+    ensure_digit_scenes(data_dir, (settings.train_size,))
+    backbones = pretrain_backbones(output_dir / "pretrained", settings, show_progress) if pretrained else None
+    # The longest runs first, then the students alone, then the students that need a teacher.
+    order = {"lad_teacher": 0, "big_teacher": 1, "self_teacher": 2}
+    jobs = [
+        make_job(name, seed, settings)
+        for name in sorted(runs, key=lambda name: order.get(name, 3 if name not in TEACHER_OF else 4))
+        for seed in seeds
+    ]
+    finished = run_jobs(jobs, output_dir, data_dir, backbones, workers, show_progress)
+    results = {seed: {name: finished[make_job(name, seed, settings)] for name in runs} for seed in seeds}
+    table, summary = summarise(results, settings, backbones)
+    job = make_job("student", seeds[0], settings)
+    first = DemoRun(
+        data_dir, output_dir / job.out_dir, seeds[0], settings, False, backbones, output_dir / job.teacher_dir
+    )
     plot_predictions(output_dir / "predictions.png", first.predictions())
     plot_curves(output_dir / "curves.png", results[seeds[0]])
+    summary["workers"] = workers
+    summary["wall_seconds_this_call"] = round(time.perf_counter() - start, 1)
     _write_json(output_dir / "results.json", summary)
     tmp = output_dir / ".results.md.tmp"
     tmp.write_text("# lad-hf demo\n\n" + table)

@@ -2,7 +2,7 @@ import json
 import subprocess
 
 from lad_hf.data import build_digit_scenes
-from lad_hf.demo import RUNS
+from lad_hf.demo import RUNS, DemoSettings, make_job
 
 
 def test_demo_smoke_and_resume(tmp_path):
@@ -12,18 +12,44 @@ def test_demo_smoke_and_resume(tmp_path):
         num_shards={"train": 2, "validation": 1, "test": 1},
     )
     out = tmp_path / "demo"
-    command = ["lad-hf", "demo", "--output-dir", str(out), "--data-dir", str(data), "--budget", "0.003"]
+    command = [
+        "lad-hf",
+        "demo",
+        "--output-dir",
+        str(out),
+        "--data-dir",
+        str(data),
+        "--budget",
+        "0.003",
+        "--seeds",
+        "0",
+        "--train-size",
+        "24",
+    ]
     first = subprocess.run([*command, "--no-progress"], capture_output=True, text=True)
     assert first.returncode == 0, first.stderr[-3000:]
     table = (out / "results.md").read_text()
-    assert "(5) control: student distilled from (1), CWD" in table and "with a zero label" in table
+    assert "(5) control: student distilled from (4), CWD" in table and "with a zero label" in table
+    assert "Pretrained backbones (digit classification" in table
     summary = json.loads((out / "results.json").read_text())
     assert set(summary["runs"]) == set(RUNS)
+    settings = DemoSettings(budget=0.003, train_size=24)
+    # The backbones were pretrained once, from the train pool, and every model started from them.
+    assert set(summary["pretrained"]) == {"student", "big"}
+    assert all(p["settings"]["digit_pool"] == "train" for p in summary["pretrained"].values())
     for name in RUNS:
         (miou,) = summary["runs"][name]["mean_iou"]
         assert 0.0 <= miou <= 1.0
-        result = json.loads((out / "seed-0" / name / "run_result.json").read_text())
-        assert result["steps"] == 4 and any("eval_mean_iou" in h for h in result["log_history"])
+        result = json.loads((out / make_job(name, 0, settings).out_dir / name / "run_result.json").read_text())
+        assert any("eval_mean_iou" in h for h in result["log_history"])
+        # Students run their budget; teachers at most theirs, and keep their best validation checkpoint.
+        if name.endswith("teacher"):
+            assert 1 <= result["best_step"] <= result["steps"] <= settings.scaled(settings.teacher_steps)
+        else:
+            steps = settings.scaled(settings.student_steps)
+            assert result["steps"] == steps and summary["runs"][name]["best_step"] == [steps]
+    (gain,) = summary["runs"]["student_lad"]["gain_over_student"]
+    assert gain == summary["runs"]["student_lad"]["mean_iou"][0] - summary["runs"]["student"]["mean_iou"][0]
     assert (out / "predictions.png").stat().st_size > 0 and (out / "curves.png").stat().st_size > 0
 
     # Started again, the demo reuses the finished runs and writes the same table; with --methods it adds rows.
@@ -37,14 +63,23 @@ def test_demo_smoke_and_resume(tmp_path):
     assert more.returncode == 0, more.stderr[-3000:]
     assert more.stderr.count("finished earlier") == len(RUNS)
     extended = (out / "results.md").read_text()
-    for title in ("FAKD: student distilled from the big teacher", "LAD + FAKD", "SDES: student self-distilled"):
+    for title in ("FAKD: student distilled from (6)", "LAD + FAKD", "SDES: student self-distilled"):
         assert title in extended
     summary = json.loads((out / "results.json").read_text())
     assert set(summary["runs"]) == set(RUNS) | {"student_fakd", "student_lad_fakd", "student_sdes"}
+    students = out / make_job("student", 0, settings).out_dir
     assert (
-        json.loads((out / "seed-0" / "student_sdes" / "run_result.json").read_text())["parameters"]
-        == json.loads((out / "seed-0" / "student" / "run_result.json").read_text())["parameters"]
+        json.loads((students / "student_sdes" / "run_result.json").read_text())["parameters"]
+        == json.loads((students / "student" / "run_result.json").read_text())["parameters"]
     )
+
+    # Runs trained with other settings are never reused silently.
+    other = subprocess.run([*command[:7], "0.004", *command[8:], "--no-progress"], capture_output=True, text=True)
+    assert other.returncode == 2 and "other settings" in other.stderr and "remove" in other.stderr
+    (out / "pretrained" / "student" / "pretrain_results.json").unlink()  # past the backbones: the runs refuse too
+    (out / "pretrained" / "big" / "pretrain_results.json").unlink()
+    other = subprocess.run([*command[:7], "0.004", *command[8:], "--no-progress"], capture_output=True, text=True)
+    assert other.returncode == 2 and "trained with other settings" in other.stderr and "budget" in other.stderr
 
 
 def test_demo_rejects_impossible_options(tmp_path):

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import random_samples, tiny_dinov2, tiny_lad_seg_config, trainer_args
+from conftest import random_samples, tiny_dinov2, tiny_lad_seg_config, tiny_resnet, tiny_segformer, trainer_args
 from huggingface_hub import HfApi, hf_hub_download
 from peft import PeftModel
 from transformers import Dinov2Model
@@ -148,3 +148,45 @@ def test_dinov2_backbone_weights_load_by_id(local_hub):
         model.backbone.encoder.layer[1].attention.q_proj.weight, vit.encoder.layer[1].attention.q_proj.weight
     )
     assert model.config.use_pretrained_backbone is False  # a saved copy keeps its own weights
+
+
+def test_imagenet_classifiers_by_hub_id_start_students_and_teachers(local_hub):
+    """The path users take with real ImageNet weights: microsoft/resnet-18 as a LadSeg backbone
+    (use_pretrained_backbone) and google/mobilenet_v2_1.0_224 as a transformers segmentation model's start; both
+    repos hold image classifiers, here tiny ones under the same ids."""
+    from transformers import (
+        MobileNetV2Config,
+        MobileNetV2ForImageClassification,
+        MobileNetV2ForSemanticSegmentation,
+        ResNetForImageClassification,
+    )
+
+    from lad_hf.commands.arguments import ModelArguments
+    from lad_hf.commands.common import build_model
+
+    resnet = ResNetForImageClassification(tiny_resnet())
+    resnet.push_to_hub("microsoft/resnet-18")
+    stem = resnet.resnet.embedder.embedder.convolution.weight
+    settings = dict(backbone="microsoft/resnet-18", use_pretrained_backbone=True, num_labels=3, decode_channels=8)
+    student = LadSegForSemanticSegmentation(LadSegConfig(**settings))
+    assert torch.equal(student.backbone.embedder.embedder.convolution.weight, stem)
+    teacher = add_label_channel(LadSegForSemanticSegmentation(LadSegConfig(**settings)), LabelNoiser(3))
+    assert torch.equal(teacher.backbone.embedder.embedder.convolution.weight[:, :3], stem)
+    assert teacher(torch.randn(2, 4, 32, 32)).logits.shape == (2, 3, 4, 4)
+
+    mobilenet = MobileNetV2ForImageClassification(MobileNetV2Config(depth_multiplier=0.35, num_labels=5))
+    mobilenet.push_to_hub("google/mobilenet_v2_1.0_224")
+    id2label = {0: "background", 1: "a", 2: "b"}
+    arguments = ModelArguments(model_name_or_path="google/mobilenet_v2_1.0_224", output_stride=8)
+    segmenter = build_model(arguments, id2label)
+    assert isinstance(segmenter, MobileNetV2ForSemanticSegmentation) and segmenter.config.output_stride == 8
+    first_conv = mobilenet.mobilenet_v2.conv_stem.first_conv.convolution.weight
+    assert torch.equal(segmenter.mobilenet_v2.conv_stem.first_conv.convolution.weight, first_conv)
+    assert segmenter(torch.randn(2, 3, 64, 64)).logits.shape == (2, 3, 8, 8)  # the new head, output stride 8
+    teacher = add_label_channel(build_model(arguments, id2label), LabelNoiser(3))
+    assert teacher(torch.randn(2, 4, 64, 64)).logits.shape == (2, 3, 8, 8)
+
+    # A model without that option says so, before any training.
+    tiny_segformer().push_to_hub("user/tiny-segformer")
+    with pytest.raises(ValueError, match="has no output_stride option"):
+        build_model(ModelArguments(model_name_or_path="user/tiny-segformer", output_stride=8), id2label)

@@ -11,7 +11,7 @@ import huggingface_hub.constants
 import pytest
 import torch
 import yaml
-from transformers import Dinov2Config
+from transformers import Dinov2Config, MobileNetV2Config, MobileNetV2ForSemanticSegmentation
 
 from lad_hf import (
     DistillationConfig,
@@ -33,7 +33,11 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # The paper's ResNet setups; the DINOv2 + LoRA and the SDES recipes have tests of their own.
 DINOV2_RECIPE = CONFIGS / "voc_dinov2_small_lora_distill.yaml"
 SDES_RECIPE = CONFIGS / "cityscapes_deeplabv3_r18_sdes.yaml"
-RECIPES = sorted(p for p in CONFIGS.glob("*.yaml") if p not in (DINOV2_RECIPE, SDES_RECIPE))
+# DeepLabV3 on transformers' MobileNetV2 from the ImageNet classifier google/mobilenet_v2_1.0_224 (not the paper's).
+MOBILENET_RECIPES = sorted(CONFIGS.glob("voc_deeplabv3_mobilenetv2_*.yaml"))
+RECIPES = sorted(
+    p for p in CONFIGS.glob("*.yaml") if p not in (DINOV2_RECIPE, SDES_RECIPE) and p not in MOBILENET_RECIPES
+)
 NAME = re.compile(
     r"(?P<dataset>[a-z0-9]+)_(?P<arch>[a-z0-9]+)_r(?P<depth>\d+)_(?P<role>teacher|baseline|distill|cwd_\w+)"
 )
@@ -255,3 +259,28 @@ def test_sdes_recipe_parses_and_builds_the_student_with_its_experts():
         student = LadSegForSemanticSegmentation(config)
         wrapped = SelfDecouplingStudent(student, args.num_experts)
     assert wrapped.num_parameters() == student.num_parameters() < sum(p.numel() for p in wrapped.parameters())
+
+
+@pytest.mark.parametrize("path", MOBILENET_RECIPES, ids=lambda p: p.stem)
+def test_mobilenet_v2_recipes_start_from_the_imagenet_classifier(path):
+    role = path.stem.rpartition("_")[2]
+    command, script, training_class = COMMANDS[role]
+    model_args, data_args, args, _ = parse_arguments(
+        (ModelArguments, DataArguments, training_class), ["--config", str(path)], "lad-hf", "test"
+    )
+    header = "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))
+    assert f"lad-hf {command} --config configs/{path.name}" in header and f"scripts/{script}" in header
+    assert model_args.model_name_or_path == "google/mobilenet_v2_1.0_224" and model_args.output_stride == 8
+    assert args.output_dir == f"runs/{path.stem}" and data_args.dataset_name == "pascal_voc_aug"
+    if role == "distill":
+        assert args.teacher_model_name_or_path == "runs/voc_deeplabv3_mobilenetv2_teacher"
+        assert args.kd_loss == "cwd" and args.kd_weight == 3.0
+    # google/mobilenet_v2_1.0_224's architecture, built offline on the meta device with the recipe's head.
+    preset = PRESETS[data_args.dataset_name]
+    config = MobileNetV2Config(output_stride=model_args.output_stride, id2label=preset.id2label)
+    with torch.device("meta"):
+        model = MobileNetV2ForSemanticSegmentation(config)
+        if role == "teacher":
+            add_label_channel(model, args.label_noiser(preset.num_labels))
+    assert model.config.num_labels == preset.num_labels
+    assert model.config.num_channels == (4 if role == "teacher" else 3)

@@ -39,7 +39,13 @@ class ModelArguments:
     decode_head: str = field(
         default="aspp", metadata={"help": "LadSeg head: fcn, psp (PSPNet), aspp (DeepLabV3) or ocr (OCRNet)."}
     )
-    output_stride: int | None = field(default=None, metadata={"help": "8, 16 or 32 for ResNet backbones (8)."})
+    output_stride: int | None = field(
+        default=None,
+        metadata={
+            "help": "8, 16 or 32 for LadSeg ResNet backbones (default 8); with model_name_or_path, the model's own "
+            "output_stride option (MobileNetV2's DeepLabV3: 8 or 16)."
+        },
+    )
     decode_channels: int | None = field(default=None, metadata={"help": "Width of the decode head (paper's)."})
     label_stem_channels: int | None = field(
         default=None,

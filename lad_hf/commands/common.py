@@ -36,13 +36,25 @@ def build_model(model_args: ModelArguments, id2label: dict[int, str]) -> PreTrai
     """The model to train: `model_name_or_path` with a head for these classes, or a new LadSeg model."""
     label2id = {name: k for k, name in id2label.items()}
     if model_args.model_name_or_path is not None:
-        return load_segmentation_model(
-            model_args.model_name_or_path,
-            id2label=id2label,
-            label2id=label2id,
-            num_labels=len(id2label),
-            ignore_mismatched_sizes=True,
-        )
+        # An image classifier's checkpoint (google/mobilenet_v2_1.0_224 ...) gives a segmentation model its
+        # pretrained backbone and a new head; output_stride goes to configs that have one (MobileNetV2's DeepLabV3).
+        overrides = {} if model_args.output_stride is None else {"output_stride": model_args.output_stride}
+        try:
+            return load_segmentation_model(
+                model_args.model_name_or_path,
+                id2label=id2label,
+                label2id=label2id,
+                num_labels=len(id2label),
+                ignore_mismatched_sizes=True,
+                **overrides,
+            )
+        except TypeError as error:  # the model's __init__ refused the config option it does not have
+            if "output_stride" not in str(error):
+                raise
+            raise ValueError(
+                f"{model_args.model_name_or_path} has no output_stride option: leave output_stride out for it (it "
+                "applies to LadSeg ResNets and to models whose config has one, such as MobileNetV2)."
+            ) from None
     config = LadSegConfig(
         backbone=model_args.backbone,
         use_pretrained_backbone=model_args.use_pretrained_backbone,

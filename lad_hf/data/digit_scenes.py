@@ -76,50 +76,80 @@ def _paste(canvas: np.ndarray, layer: np.ndarray, top: int, left: int) -> tuple[
     return (slice(y0, y1), slice(x0, x1)), layer[y0 - top : y1 - top, x0 - left : x1 - left]
 
 
+class _Canvas:
+    """A gradient background with noise, and the one ink colour (jittered a little per stroke) of everything drawn
+    on it: digits and clutter look alike."""
+
+    def __init__(self, rng: np.random.Generator, size: int):
+        self.rng, self.size = rng, size
+        base = rng.uniform(0.15, 0.85, 3).astype(np.float32)
+        ramp = np.linspace(-1.0, 1.0, size, dtype=np.float32)
+        angle = rng.uniform(0, 2 * np.pi)
+        gradient = np.cos(angle) * ramp[None, :] + np.sin(angle) * ramp[:, None]
+        self.image = base[None, None, :] + 0.15 * gradient[..., None] * rng.uniform(-1, 1, 3).astype(np.float32)
+        # Enough contrast to the background.
+        self.ink = np.clip(base + rng.choice([-1.0, 1.0], 3) * rng.uniform(0.35, 0.6, 3), 0.0, 1.0).astype(np.float32)
+
+    def draw(self, alpha: np.ndarray, top: int, left: int) -> tuple[tuple[slice, slice], np.ndarray]:
+        """Paint a stroke-opacity map at (top, left); returns the canvas region and the part of `alpha` on it."""
+        colour = np.clip(self.ink + self.rng.normal(0, 0.05, 3), 0.0, 1.0).astype(np.float32)
+        region, alpha = _paste(self.image, alpha, top, left)
+        self.image[region] = self.image[region] * (1 - alpha[..., None]) + colour * alpha[..., None]
+        return region, alpha
+
+    def clutter(self, digits: np.ndarray, count: int) -> None:
+        """Bold fragments of digits, anywhere on the canvas."""
+        rng = self.rng
+        for _ in range(count):
+            digit = digits[rng.integers(len(digits))]
+            top, left = rng.integers(0, 16, 2)
+            fragment = digit[top : top + 12, left : left + 12]
+            self.draw(
+                _digit_alpha(fragment, int(rng.integers(10, 18)), rng.uniform(-180, 180), rng),
+                *rng.integers(-4, self.size - 4, 2),
+            )
+
+    def finish(self) -> np.ndarray:
+        image = self.image + self.rng.normal(0, 0.04, self.image.shape).astype(np.float32)
+        return (np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8)
+
+
+def _scene_digit(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A digit as drawn in the scenes: bold, 30-41 px, turned by up to 15 degrees."""
+    return _digit_alpha(digit, int(rng.integers(30, 42)), rng.uniform(-15, 15), rng)
+
+
 def compose_scene(
     digits: np.ndarray, digit_labels: np.ndarray, rng: np.random.Generator, size: int = 64
 ) -> tuple[np.ndarray, np.ndarray]:
     """One scene from a pool of digits: `(size, size, 3)` uint8 image and `(size, size)` uint8 label map."""
-    # Background: a colour gradient.
-    base = rng.uniform(0.15, 0.85, 3).astype(np.float32)
-    ramp = np.linspace(-1.0, 1.0, size, dtype=np.float32)
-    angle = rng.uniform(0, 2 * np.pi)
-    gradient = np.cos(angle) * ramp[None, :] + np.sin(angle) * ramp[:, None]
-    image = base[None, None, :] + 0.15 * gradient[..., None] * rng.uniform(-1, 1, 3).astype(np.float32)
+    canvas = _Canvas(rng, size)
     label = np.zeros((size, size), dtype=np.uint8)
-
-    # Digits and clutter share one ink colour, jittered a little, with enough contrast to the background.
-    ink = np.clip(base + rng.choice([-1.0, 1.0], 3) * rng.uniform(0.35, 0.6, 3), 0.0, 1.0).astype(np.float32)
-
-    def draw(alpha: np.ndarray, top: int, left: int) -> tuple[tuple[slice, slice], np.ndarray]:
-        colour = np.clip(ink + rng.normal(0, 0.05, 3), 0.0, 1.0).astype(np.float32)
-        region, alpha = _paste(image, alpha, top, left)
-        image[region] = image[region] * (1 - alpha[..., None]) + colour * alpha[..., None]
-        return region, alpha
-
     # Clutter: bold fragments of digits, labelled background.
-    for _ in range(rng.integers(3, 7)):
-        digit = digits[rng.integers(len(digits))]
-        top, left = rng.integers(0, 16, 2)
-        fragment = digit[top : top + 12, left : left + 12]
-        draw(
-            _digit_alpha(fragment, int(rng.integers(10, 18)), rng.uniform(-180, 180), rng),
-            *rng.integers(-4, size - 4, 2),
-        )
-
+    canvas.clutter(digits, int(rng.integers(3, 7)))
     # Digits: one per cell of a 2x2 grid, jittered and big enough to touch or overlap their neighbours; later ones
     # occlude earlier ones.
     cell = size / 2
     for place in rng.permutation(4)[: rng.integers(2, 5)]:
         index = rng.integers(len(digits))
-        alpha = _digit_alpha(digits[index], int(rng.integers(30, 42)), rng.uniform(-15, 15), rng)
+        alpha = _scene_digit(digits[index], rng)
         centre = (np.array(divmod(int(place), 2)) + 0.5) * cell + rng.normal(0, 0.1 * size, 2)
         top, left = np.clip(centre - np.array(alpha.shape) / 2, -4, size + 4 - np.array(alpha.shape)).astype(int)
-        region, alpha = draw(alpha, top, left)
+        region, alpha = canvas.draw(alpha, top, left)
         label[region][alpha > 0.45] = digit_labels[index] + 1
+    return canvas.finish(), label
 
-    image = image + rng.normal(0, 0.04, image.shape).astype(np.float32)
-    return (np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8), label
+
+def compose_digit(digits: np.ndarray, rng: np.random.Generator, size: int = 48) -> tuple[np.ndarray, int]:
+    """One digit of a pool drawn as in the scenes (same strokes, ink, background and clutter), near the centre of a
+    `size` x `size` canvas: the `(size, size, 3)` uint8 image and the index of the digit drawn."""
+    canvas = _Canvas(rng, size)
+    canvas.clutter(digits, int(rng.integers(1, 4)))
+    index = int(rng.integers(len(digits)))
+    alpha = _scene_digit(digits[index], rng)
+    top, left = ((size - np.array(alpha.shape)) / 2 + rng.normal(0, 0.05 * size, 2)).astype(int)
+    canvas.draw(alpha, top, left)
+    return canvas.finish(), index
 
 
 def _png(array: np.ndarray) -> dict:
