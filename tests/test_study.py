@@ -47,11 +47,14 @@ def test_study_smoke_end_to_end_and_resume(tmp_path):
             for name in ("student_lad", "student_self", "student_big"):
                 (seed,) = entry[f"{name}_gain"]
                 assert entry[f"{name}_gain"][seed] == entry[name][seed] - entry["student"][seed]
+            for other in ("student_self", "student_big"):
+                (seed,) = entry[f"student_lad_minus_{other}"]
+                assert entry[f"student_lad_minus_{other}"][seed] == entry["student_lad"][seed] - entry[other][seed]
     assert set(summary["ablations"]["table8"]) == set(study.table8) and len(study.table8) == 2
     assert set(summary["ablations"]["table9"]) == set(study.table9) and len(study.table9) == 2
     assert all(row["teacher_stability_kl"] for row in summary["ablations"]["table8"].values())
     table = (out / "study.md").read_text()
-    assert "LAD - alone" in table and "Table 9" in table
+    assert "LAD - alone" in table and "LAD - control" in table and "Table 9" in table
     assert (out / "study.png").stat().st_size > 0 and (out / "study_convergence.png").stat().st_size > 0
 
 
