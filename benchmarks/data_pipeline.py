@@ -11,7 +11,6 @@ worker keeps up with training; the Trainer's `dataloader_num_workers` divides th
 
 import argparse
 import io
-import json
 import platform
 import statistics
 import tempfile
@@ -25,6 +24,7 @@ from PIL import Image as PILImage
 
 from lad_hf import LadSegConfig, LadSegForSemanticSegmentation
 from lad_hf.data import PRESETS, SegmentationTransforms, load_segmentation_dataset
+from lad_hf.files import write_json
 
 
 def street_like_pair(rng: np.random.Generator, height: int, width: int) -> tuple[bytes, bytes]:
@@ -127,11 +127,7 @@ def main():
     print(
         f"({result['hardware']}, {args.image_size[0]}x{args.image_size[1]} -> {args.crop_size[0]}x{args.crop_size[1]})"
     )
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp_output = output.with_suffix(".tmp")
-    tmp_output.write_text(json.dumps(result, indent=2))
-    tmp_output.replace(output)
+    write_json(args.output, result, indent=2)
 
 
 if __name__ == "__main__":

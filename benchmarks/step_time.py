@@ -22,12 +22,10 @@ Prints a table and the ratios against their targets, and writes JSON (--output).
 """
 
 import argparse
-import json
 import platform
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
@@ -46,6 +44,7 @@ from lad_hf import (
     dual_path_consistency,
     predictions_from_logits,
 )
+from lad_hf.files import write_json
 
 
 TARGETS = {"b/c": 0.65, "b/a": 1.45, "d/e": 0.95, "f/d": 0.01, "g/eval": 0.05}
@@ -62,7 +61,7 @@ class SequentialPathsTeacherTrainer(LadTeacherTrainer):
             channel = self.noiser(labels, generator=generator).to(pixel_values.dtype)
             outputs.append(model(pixel_values=torch.cat([pixel_values, channel], 1), labels=labels))
         consistency = dual_path_consistency(outputs[0].logits, outputs[1].logits, self.args.consistency_temperature)
-        return outputs[0].loss + outputs[1].loss + self.consistency_weight() * consistency
+        return outputs[0].loss + outputs[1].loss + self.ramped_consistency_weight() * consistency
 
 
 class SavedForBackward:
@@ -254,11 +253,7 @@ def main():
         "ratios": ratios,
         "targets": TARGETS,
     }
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp_output = output.with_suffix(".tmp")
-    tmp_output.write_text(json.dumps(result, indent=2))
-    tmp_output.replace(output)
+    write_json(args.output, result, indent=2)
 
 
 if __name__ == "__main__":

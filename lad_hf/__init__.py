@@ -22,8 +22,10 @@ from .losses import (
 from .metrics import SegmentationMetric, predictions_from_logits
 from .modeling_lad_seg import LadSegForSemanticSegmentation, LadSegOutput, LadSegPreTrainedModel
 from .noising import LabelNoiser
-from .sdes import SelfDistillationConfig, SelfDistillationTrainer
-from .segmentation_trainer import SegmentationConfig, SegmentationTrainer
+from .segmentation_config import SegmentationConfig
+from .segmentation_trainer import SegmentationTrainer
+from .self_distillation_config import SelfDistillationConfig
+from .self_distillation_trainer import SelfDistillationTrainer
 
 
 try:

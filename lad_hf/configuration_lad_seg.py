@@ -50,6 +50,7 @@ class LadSegConfig(PreTrainedConfig):
         psp_bins (`list[int]`, *optional*, defaults to `(1, 2, 3, 6)`): Pooled grid sizes of the PSP head.
         ocr_key_channels (`int`, *optional*, defaults to 256): Width of the OCR attention.
         dropout (`float`, *optional*, defaults to 0.1): Dropout before each classifier.
+        aspp_dropout (`float`, *optional*, defaults to 0.5): Dropout after the ASPP projection (DeepLabV3's).
         use_auxiliary_head (`bool`, *optional*): FCN head on the penultimate stage; default `True`, except with the
             `"linear"` head, which has none.
         auxiliary_loss_weight (`float`, *optional*, defaults to 0.4): Weight of its cross-entropy.
@@ -70,7 +71,7 @@ class LadSegConfig(PreTrainedConfig):
 
     model_type = "lad_seg"
     # The Trainer leaves these out of the predictions it gathers at evaluation.
-    keys_to_ignore_at_inference: ClassVar[list[str]] = ["hidden_states", "auxiliary_logits"]
+    keys_to_ignore_at_inference: ClassVar[list[str]] = ["hidden_states", "auxiliary_logits", "decoder_features"]
     sub_configs_defaults = {"backbone_config": SubConfigSpec(config_class=AutoConfig, model_type="resnet")}
 
     backbone: str | PreTrainedConfig | None = None
@@ -83,6 +84,7 @@ class LadSegConfig(PreTrainedConfig):
     psp_bins: list[int] | tuple[int, ...] = (1, 2, 3, 6)
     ocr_key_channels: int = 256
     dropout: float = 0.1
+    aspp_dropout: float = 0.5
     use_auxiliary_head: bool | None = None
     auxiliary_loss_weight: float = 0.4
     num_channels: int = 3

@@ -23,7 +23,6 @@ import math
 import os
 import shutil
 import statistics
-import tempfile
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
@@ -38,59 +37,93 @@ from transformers.utils import logging
 
 from .configuration_lad_seg import LadSegConfig
 from .data import SegmentationCollator, SegmentationTransforms, build_digit_scenes, load_segmentation_dataset
-from .data.digit_scenes import class_palette
 from .distillation_config import DistillationConfig
 from .distillation_trainer import DistillationTrainer
+from .files import atomic_path, write_json, write_text
 from .label_channel import add_label_channel, build_teacher_inputs
 from .lad_teacher_config import LadTeacherConfig
 from .lad_teacher_trainer import LadTeacherTrainer
 from .modeling_lad_seg import LadSegForSemanticSegmentation
 from .noising import LabelNoiser
 from .pretraining import pretrain_digit_backbone
-from .sdes import SelfDistillationConfig, SelfDistillationTrainer
-from .segmentation_trainer import SegmentationConfig, SegmentationTrainer
+from .segmentation_config import SegmentationConfig
+from .segmentation_trainer import SegmentationTrainer
+from .self_distillation_config import SelfDistillationConfig
+from .self_distillation_trainer import SelfDistillationTrainer
+from .visualization import overlay
 
 
-__all__ = ["DemoSettings", "RUNS", "run_demo"]
+__all__ = ["DEMO_RUNS", "DemoSettings", "RUNS", "RunSpec", "run_demo"]
 
 logger = logging.get_logger(__name__)
 
-RUNS = ("student", "lad_teacher", "student_lad", "self_teacher", "student_self", "big_teacher", "student_big")
-TEACHERS = ("lad_teacher", "self_teacher", "big_teacher")
-# More methods on the same student and budget (`lad-hf demo --methods ...`), after the runs above.
-METHOD_RUNS = {"fakd": "student_fakd", "lad_fakd": "student_lad_fakd", "sdes": "student_sdes"}
-# The teacher each distilled student learns from.
-TEACHER_OF = {
-    "student_lad": "lad_teacher",
-    "student_self": "self_teacher",
-    "student_big": "big_teacher",
-    "student_fakd": "big_teacher",
-    "student_lad_fakd": "lad_teacher",
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of the demo's table.
+
+    Args:
+        title: Its row in the table.
+        short_title: Its name in the figures.
+        trainer: `"supervised"` (cross-entropy alone), `"lad_teacher"` (dual path, reading the noised label),
+            `"distill"` (from `teacher`, with `kd_loss`) or `"sdes"` (self-distillation).
+        big: The wider model (the big teacher) instead of the student's architecture.
+        teacher: The run it is distilled from.
+        kd_loss: Its `DistillationConfig.kd_loss`.
+        method: The `--methods` name that adds it; `None` for the demo's own runs.
+    """
+
+    title: str
+    short_title: str
+    trainer: str = "supervised"
+    big: bool = False
+    teacher: str | None = None
+    kd_loss: str = "cwd"
+    method: str | None = None
+
+
+DEMO_RUNS = {
+    "student": RunSpec("(1) student alone", "(1) student alone"),
+    "lad_teacher": RunSpec(
+        "(2) LAD teacher (same architecture + label channel)", "(2) LAD teacher", trainer="lad_teacher"
+    ),
+    "student_lad": RunSpec(
+        "(3) student distilled from (2), CWD", "(3) student from LAD teacher", "distill", teacher="lad_teacher"
+    ),
+    "self_teacher": RunSpec("(4) same-size image-only teacher", "(4) same-size teacher"),
+    "student_self": RunSpec(
+        "(5) control: student distilled from (4), CWD", "(5) student from (4)", "distill", teacher="self_teacher"
+    ),
+    "big_teacher": RunSpec("(6) big image-only teacher", "(6) big teacher", big=True),
+    "student_big": RunSpec(
+        "(7) student distilled from (6), CWD", "(7) student from big teacher", "distill", teacher="big_teacher"
+    ),
+    # More methods on the same student and budget (`lad-hf demo --methods ...`), after the runs above.
+    "student_fakd": RunSpec(
+        "FAKD: student distilled from (6), FAKD-CWD",
+        "FAKD from (6)",
+        "distill",
+        teacher="big_teacher",
+        kd_loss="fakd_cwd",
+        method="fakd",
+    ),
+    "student_lad_fakd": RunSpec(
+        "LAD + FAKD: student distilled from (2), FAKD-CWD",
+        "LAD + FAKD",
+        "distill",
+        teacher="lad_teacher",
+        kd_loss="fakd_cwd",
+        method="lad_fakd",
+    ),
+    "student_sdes": RunSpec(
+        "SDES: student self-distilled with expert decoders", "SDES", trainer="sdes", method="sdes"
+    ),
 }
-RUN_TITLES = {
-    "student": "(1) student alone",
-    "lad_teacher": "(2) LAD teacher (same architecture + label channel)",
-    "student_lad": "(3) student distilled from (2), CWD",
-    "self_teacher": "(4) same-size image-only teacher",
-    "student_self": "(5) control: student distilled from (4), CWD",
-    "big_teacher": "(6) big image-only teacher",
-    "student_big": "(7) student distilled from (6), CWD",
-    "student_fakd": "FAKD: student distilled from (6), FAKD-CWD",
-    "student_lad_fakd": "LAD + FAKD: student distilled from (2), FAKD-CWD",
-    "student_sdes": "SDES: student self-distilled with expert decoders",
-}
-SHORT_TITLES = {
-    "student": "(1) student alone",
-    "lad_teacher": "(2) LAD teacher",
-    "student_lad": "(3) student from LAD teacher",
-    "self_teacher": "(4) same-size teacher",
-    "student_self": "(5) student from (4)",
-    "big_teacher": "(6) big teacher",
-    "student_big": "(7) student from big teacher",
-    "student_fakd": "FAKD from (6)",
-    "student_lad_fakd": "LAD + FAKD",
-    "student_sdes": "SDES",
-}
+RUNS = tuple(name for name, run in DEMO_RUNS.items() if run.method is None)
+METHOD_RUNS = {run.method: name for name, run in DEMO_RUNS.items() if run.method is not None}
+# The runs others learn from: trained to convergence (a longer budget, early stopping, best checkpoint).
+TEACHERS = tuple(dict.fromkeys(run.teacher for run in DEMO_RUNS.values() if run.teacher is not None))
+SHORT_TITLES = {name: run.short_title for name, run in DEMO_RUNS.items()}
 
 
 @dataclass
@@ -104,6 +137,9 @@ class DemoSettings:
     budget: float = 1.0
     batch_size: int = 16
     learning_rate: float = 3e-3
+    weight_decay: float = 0.01
+    lr_power: float = 0.9  # polynomial decay to 0
+    warmup_steps: int = 50  # at most a tenth of the run
     image_size: int = 64
     scale_range: tuple[float, float] = (0.8, 1.25)
     train_size: int | None = 1000
@@ -142,6 +178,12 @@ class DemoSettings:
             settings.pop("student_steps")
         return json.loads(json.dumps(settings))
 
+    def changed(self, recorded: dict, teacher: bool) -> list[str]:
+        """The settings in which a finished run's `recorded` fingerprint differs from these. A setting it does not
+        record was added to the demo after that run, which trained with its default."""
+        fingerprint, defaults = self.fingerprint(teacher), DemoSettings().fingerprint(teacher)
+        return sorted(key for key, value in fingerprint.items() if recorded.get(key, defaults[key]) != value)
+
 
 def segmenter_config(
     widths: list[int],
@@ -171,13 +213,6 @@ def segmenter_config(
             f"and depths {config.backbone_config.depths}, the settings ask for {widths} and {depths}."
         )
     return config
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    """Write JSON atomically: to a temporary file in the same folder, then rename it into place."""
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
-        json.dump(payload, handle, indent=1)
-    os.replace(handle.name, path)
 
 
 def pretrain_backbones(out_dir: Path, settings: DemoSettings, show_progress: bool = True) -> dict[str, dict]:
@@ -273,10 +308,10 @@ class DemoRun:
             per_device_train_batch_size=s.batch_size,
             per_device_eval_batch_size=s.eval_batch_size,
             learning_rate=s.learning_rate,
-            weight_decay=0.01,
+            weight_decay=s.weight_decay,
             lr_scheduler_type="polynomial",
-            lr_scheduler_kwargs={"power": 0.9, "lr_end": 0.0},
-            warmup_steps=min(50, steps // 10),
+            lr_scheduler_kwargs={"power": s.lr_power, "lr_end": 0.0},
+            warmup_steps=min(s.warmup_steps, steps // 10),
             logging_steps=s.eval_steps,
             eval_strategy="steps",
             eval_steps=s.eval_steps,
@@ -299,31 +334,26 @@ class DemoRun:
         return LadSegForSemanticSegmentation(config)
 
     def trainer(self, name: str) -> SegmentationTrainer:
-        s = self.settings
+        s, run = self.settings, DEMO_RUNS[name]
         common = dict(train_dataset=self.train, eval_dataset=self.validation, data_collator=SegmentationCollator())
         if name in TEACHERS:
             common["callbacks"] = [EarlyStoppingCallback(early_stopping_patience=s.early_stopping_patience)]
-        if name in ("student", "self_teacher", "big_teacher"):
-            model = self.model(big=name == "big_teacher")
+        if run.trainer == "supervised":
+            model = self.model(big=run.big)
             return SegmentationTrainer(model=model, args=self.args(SegmentationConfig, name), **common)
-        if name == "lad_teacher":
+        if run.trainer == "lad_teacher":
             args = self.args(
-                LadTeacherConfig,
-                name,
-                label_noise_alpha=s.label_noise_alpha,
-                label_class_noise=s.label_class_noise,
-                consistency_weight=s.consistency_weight,
-                consistency_loss=s.consistency_loss,
+                LadTeacherConfig, name, consistency_weight=s.consistency_weight, consistency_loss=s.consistency_loss
             )
-            model = add_label_channel(self.model(), args.label_noiser(len(self.id2label)), s.label_stem_channels)
+            noiser = LabelNoiser(len(self.id2label), alpha=s.label_noise_alpha, class_noise=s.label_class_noise)
+            model = add_label_channel(self.model(), noiser, s.label_stem_channels)
             return LadTeacherTrainer(model=model, args=args, **common)
-        if name == "student_sdes":
+        if run.trainer == "sdes":
             args = self.args(SelfDistillationConfig, name, sdes_temperature=s.kd_temperature)
             return SelfDistillationTrainer(model=self.model(), args=args, **common)
-        teacher = AutoModelForSemanticSegmentation.from_pretrained(self.run_dir(TEACHER_OF[name]) / "model")
-        kd_loss = "fakd_cwd" if name.endswith("fakd") else "cwd"
+        teacher = AutoModelForSemanticSegmentation.from_pretrained(self.run_dir(run.teacher) / "model")
         args = self.args(
-            DistillationConfig, name, kd_loss=kd_loss, kd_weight=s.kd_weight, kd_temperature=s.kd_temperature
+            DistillationConfig, name, kd_loss=run.kd_loss, kd_weight=s.kd_weight, kd_temperature=s.kd_temperature
         )
         return DistillationTrainer(model=self.model(), teacher_model=teacher, args=args, **common)
 
@@ -334,8 +364,8 @@ class DemoRun:
         fingerprint = self.settings.fingerprint(teacher=name in TEACHERS)
         if result_path.exists():
             result = json.loads(result_path.read_text())
-            if result.get("settings") != fingerprint:
-                changed = sorted(k for k in fingerprint if fingerprint[k] != result.get("settings", {}).get(k))
+            changed = self.settings.changed(result["settings"], teacher=name in TEACHERS)
+            if changed:
                 raise ValueError(
                     f"{run_dir} holds a run trained with other settings (they differ in {changed}): use another "
                     "output folder, or remove that one."
@@ -344,7 +374,7 @@ class DemoRun:
             return result
         s = self.settings
         steps = s.scaled(s.teacher_steps if name in TEACHERS else s.student_steps)
-        logger.warning(f"{name} (seed {self.seed}): {RUN_TITLES[name]}, up to {steps} steps, in {run_dir}")
+        logger.warning(f"{name} (seed {self.seed}): {DEMO_RUNS[name].title}, up to {steps} steps, in {run_dir}")
         shutil.rmtree(run_dir / "trainer", ignore_errors=True)  # checkpoints of an interrupted run
         trainer = self.trainer(name)
         if not self.show_progress:
@@ -368,7 +398,7 @@ class DemoRun:
             "log_history": trainer.state.log_history,
             "settings": fingerprint,
         }
-        _write_json(result_path, result)
+        write_json(result_path, result)
         return result
 
     @torch.no_grad()
@@ -417,9 +447,10 @@ class Job:
     @property
     def needs(self) -> "Job | None":
         """The teacher's job, for a distilled student."""
-        if self.name not in TEACHER_OF:
+        teacher = DEMO_RUNS[self.name].teacher
+        if teacher is None:
             return None
-        return Job(self.teacher_dir, self.teacher_dir, TEACHER_OF[self.name], self.seed, {})
+        return Job(self.teacher_dir, self.teacher_dir, teacher, self.seed, {})
 
     def describe(self) -> str:
         return f"{self.out_dir}/{self.name}"
@@ -536,7 +567,7 @@ def summarise(
         gain = [m - a for m, a in zip(miou, alone, strict=True)]
         paired = mean_std(gain, signed=True) if name.startswith("student_") else ""
         rows.append(
-            f"| {RUN_TITLES[name]} | {mean_std(miou)} | {paired} | {mean_std(accuracy)} | "
+            f"| {DEMO_RUNS[name].title} | {mean_std(miou)} | {paired} | {mean_std(accuracy)} | "
             f"{statistics.mean(best):.0f} | {statistics.mean(seconds):.0f} | {per_seed[0]['parameters'] / 1e6:.2f}M |"
         )
         summary["runs"][name] = {
@@ -586,14 +617,6 @@ def summarise(
     return "\n".join(lines) + "\n", summary
 
 
-def overlay(image: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    """Class colours over an image; background pixels show the image."""
-    palette = class_palette()
-    blended = image.astype(np.float32) * 0.45 + palette[np.clip(classes, 0, 255)] * 0.55
-    blended[classes == 0] = image[classes == 0]
-    return blended.astype(np.uint8)
-
-
 def plot_predictions(path: Path, rows: list[dict[str, np.ndarray]]) -> None:
     import matplotlib
 
@@ -612,7 +635,7 @@ def plot_predictions(path: Path, rows: list[dict[str, np.ndarray]]) -> None:
             elif key == "noised_label":
                 axis.imshow(row[key], cmap="viridis", interpolation="nearest")
             else:
-                axis.imshow(overlay(row["image"], row[key]), interpolation="nearest")
+                axis.imshow(overlay(row["image"], row[key], alpha=0.55, background=0), interpolation="nearest")
             axis.set_xticks([])
             axis.set_yticks([])
             if r == 0:
@@ -645,9 +668,8 @@ def plot_curves(path: Path, results: dict[str, dict]) -> None:
 
 
 def save_figure(figure, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=100)
 
 
 def check_settings(settings: DemoSettings, seeds, methods=()) -> None:
@@ -709,7 +731,7 @@ def run_demo(
     order = {"lad_teacher": 0, "big_teacher": 1, "self_teacher": 2}
     jobs = [
         make_job(name, seed, settings)
-        for name in sorted(runs, key=lambda name: order.get(name, 3 if name not in TEACHER_OF else 4))
+        for name in sorted(runs, key=lambda name: order.get(name, 3 if DEMO_RUNS[name].teacher is None else 4))
         for seed in seeds
     ]
     finished = run_jobs(jobs, output_dir, data_dir, backbones, workers, show_progress)
@@ -723,9 +745,7 @@ def run_demo(
     plot_curves(output_dir / "curves.png", results[seeds[0]])
     summary["workers"] = workers
     summary["wall_seconds_this_call"] = round(time.perf_counter() - start, 1)
-    _write_json(output_dir / "results.json", summary)
-    tmp = output_dir / ".results.md.tmp"
-    tmp.write_text("# lad-hf demo\n\n" + table)
-    os.replace(tmp, output_dir / "results.md")
+    write_json(output_dir / "results.json", summary)
+    write_text(output_dir / "results.md", "# lad-hf demo\n\n" + table)
     print(table)
     return summary

@@ -1,5 +1,6 @@
 """Distilling a frozen teacher into a student that sees only the image (paper Eq. 8)."""
 
+import contextlib
 import os
 
 import torch
@@ -8,19 +9,14 @@ from transformers import PreTrainedModel
 from transformers.utils import logging
 
 from .distillation_config import DistillationConfig
-from .fakd import (
-    ClassFeatureCovariance,
-    augmentation_variance,
-    cosine_ratio,
-    fakd_channel_wise_divergence,
-    fakd_pixel_wise_divergence,
-)
+from .fakd import ClassFeatureCovariance, augmentation_variance, cosine_ratio
 from .hub import load_segmentation_model
 from .label_channel import build_teacher_inputs
 from .labels import resize_labels
 from .lora import apply_lora
-from .losses import channel_wise_divergence, pixel_wise_divergence, segmentation_cross_entropy
-from .noising import LabelNoiser
+from .losses import segmentation_cross_entropy
+from .modeling_lad_seg import LadSegPreTrainedModel
+from .noising import LabelNoiser, is_lad_teacher
 from .segmentation_trainer import SegmentationTrainer
 
 
@@ -51,9 +47,14 @@ def check_same_label_set(student_config, teacher_config) -> None:
         )
 
 
+def _base_model(model):
+    """The student itself, under its LoRA adapters if it has them."""
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
 def _student_classifier(model) -> torch.nn.Conv2d:
     """The student's final classifier, a 1x1 convolution at `decode_head.classifier` (lad_hf models, Segformer)."""
-    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    base = _base_model(model)
     classifier = getattr(getattr(base, "decode_head", None), "classifier", None)
     if not isinstance(classifier, torch.nn.Conv2d) or classifier.kernel_size != (1, 1):
         raise ValueError(
@@ -70,7 +71,8 @@ class DistillationTrainer(SegmentationTrainer):
 
     The student sees the image only; its forward never receives labels. If the teacher's config records a label
     noiser (a LAD teacher), the teacher reads the image plus the batch's labels noised with it, exactly as it was
-    trained; otherwise it is a conventional teacher on the image. `loss_task` and `loss_kd` are logged apart.
+    trained; otherwise it is a conventional teacher on the image. `KD` is one of `KD_LOSSES` (`args.kd_loss`).
+    `loss_task` and `loss_kd` are logged apart.
 
     The teacher is prepared with `accelerator.prepare_model(..., evaluation_mode=True)`, kept in `eval()` without
     gradients and run under `no_grad`. Trainer checkpoints do not hold it: a resumed run reloads it from its source.
@@ -83,7 +85,9 @@ class DistillationTrainer(SegmentationTrainer):
         args (`DistillationConfig`): Training arguments.
         peft_config (`peft.PeftConfig`, *optional*): Train the student through these adapters (e.g.
             `lad_hf.dinov2_lora_config()`): only the adapters and the `modules_to_save` train, and saving writes the
-            adapter only. A `PeftModel` student works the same without it.
+            adapter only. The student as given is saved first to `output_dir/base_model`, the base every adapter of
+            the run records, so that the run folder loads on its own. A `PeftModel` student works the same without
+            it.
         **kwargs: Passed on to `Trainer`.
 
     Example:
@@ -92,6 +96,13 @@ class DistillationTrainer(SegmentationTrainer):
         >>> DistillationTrainer(model=student, args=args, train_dataset=train, eval_dataset=val).train()
         ```
     """
+
+    method = (
+        "An image-only student distilled from a frozen teacher (paper Eq. 8): cross-entropy on the labels plus a "
+        "knowledge-distillation loss towards the teacher's logits. With a LAD teacher (Label Assisted Distillation, "
+        "Qiu et al., ECCV 2024), the teacher reads the image and the noised label; the student only the image."
+    )
+    method_tag = "knowledge-distillation"
 
     def __init__(
         self,
@@ -114,7 +125,7 @@ class DistillationTrainer(SegmentationTrainer):
             teacher_model = load_segmentation_model(os.fspath(teacher_model), "the teacher")
         check_same_label_set(model.config, teacher_model.config)
         if peft_config is not None:
-            model = apply_lora(model, peft_config)
+            model = apply_lora(self._save_lora_base(model, args), peft_config)
         if isinstance(model, PeftModel):
             trainable, total = model.get_nb_trainable_parameters()
             logger.warning(
@@ -128,27 +139,32 @@ class DistillationTrainer(SegmentationTrainer):
             teacher_model = teacher_model.to(memory_format=torch.channels_last)
         self.teacher_config = teacher_model.config
         self.teacher = self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
-        if args.kd_loss.startswith("fakd_"):
-            self.student_classifier = _student_classifier(model)
-            # The classifier's input is the feature FAKD augments; a pre-hook keeps that of the latest forward.
-            self.student_classifier.register_forward_pre_hook(self._keep_student_features)
-            self.feature_covariance = ClassFeatureCovariance(
-                model.config.num_labels, self.student_classifier.in_channels, args.ignore_index
-            ).to(self.args.device)
-        is_lad_teacher = getattr(teacher_model.config, "label_noiser", None) is not None
-        self.teacher_noiser = LabelNoiser.from_config(teacher_model.config) if is_lad_teacher else None
+        is_lad = is_lad_teacher(self.teacher_config)
+        self.teacher_noiser = LabelNoiser.from_config(self.teacher_config) if is_lad else None
         self.auxiliary_loss_weight = (
             args.auxiliary_loss_weight
             if args.auxiliary_loss_weight is not None
             else getattr(model.config, "auxiliary_loss_weight", 0.0)
         )
+        if args.kd.uses_student_features:
+            self.student_classifier = _student_classifier(model)
+            self.feature_covariance = ClassFeatureCovariance(
+                model.config.num_labels, self.student_classifier.in_channels, args.ignore_index
+            ).to(self.args.device)
+            # lad_hf models return their classifier's input; other models' is kept by a hook while training runs.
+            self.student_returns_features = isinstance(_base_model(model), LadSegPreTrainedModel)
+            self._hooked_features = None
 
-    method = (
-        "An image-only student distilled from a frozen teacher (paper Eq. 8): cross-entropy on the labels plus a "
-        "knowledge-distillation loss towards the teacher's logits. With a LAD teacher (Label Assisted Distillation, "
-        "Qiu et al., ECCV 2024), the teacher reads the image and the noised label; the student only the image."
-    )
-    method_tag = "knowledge-distillation"
+    @staticmethod
+    def _save_lora_base(model: PreTrainedModel, args: DistillationConfig) -> PreTrainedModel:
+        """Save the student as given to `output_dir/base_model` (the main process; the others wait), and name it
+        the model's source: the adapters record it as their base."""
+        base_dir = os.path.abspath(os.path.join(args.output_dir, "base_model"))
+        with args.main_process_first(local=False, desc="saving the base model"):
+            if args.process_index == 0:
+                model.save_pretrained(base_dir)
+        model.name_or_path = model.config._name_or_path = base_dir
+        return model
 
     def card_settings(self) -> dict:
         teacher_config = self.teacher_config
@@ -156,12 +172,13 @@ class DistillationTrainer(SegmentationTrainer):
             "teacher": self.args.teacher_model_name_or_path or teacher_config.name_or_path or "(given in code)",
             "teacher type": "LAD teacher (label channel)" if self.teacher_noiser is not None else "image-only",
             "KD loss": self.args.kd_loss,
+            "KD loss is": self.args.kd.description,
             "KD weight beta": self.args.kd_weight,
             "KD temperature": self.args.kd_temperature,
             "task (cross-entropy) weight": self.args.task_weight,
             **(
                 {"FAKD ratio": self.args.fakd_ratio, "FAKD warm-up steps": self.args.fakd_warmup_steps or "the run"}
-                if self.args.kd_loss.startswith("fakd_")
+                if self.args.kd.uses_student_features
                 else {}
             ),
             "auxiliary head weight": self.auxiliary_loss_weight,
@@ -179,6 +196,16 @@ class DistillationTrainer(SegmentationTrainer):
             settings["trained in full"] = str(sorted(peft_config.modules_to_save or []))
             settings["trainable parameters"] = f"{trainable:,} of {total:,}"
         return settings
+
+    def train(self, *args, **kwargs):
+        hook = contextlib.nullcontext()
+        if self.args.kd.uses_student_features and not self.student_returns_features:
+            hook = _pre_hook(self.student_classifier, self._keep_student_features)
+        with hook:  # removed after training: the student keeps no hook
+            return super().train(*args, **kwargs)
+
+    def _keep_student_features(self, module, inputs) -> None:
+        self._hooked_features = inputs[0]
 
     def task_loss(self, outputs, labels: torch.Tensor) -> torch.Tensor:
         """The student's cross-entropy, plus its auxiliary head's where it returns `auxiliary_logits`."""
@@ -198,42 +225,34 @@ class DistillationTrainer(SegmentationTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         pixel_values, labels = inputs["pixel_values"], inputs["labels"]
-        outputs = model(pixel_values=pixel_values)  # the student sees the image only
+        kd, temperature = self.args.kd, self.args.kd_temperature
+        if kd.uses_student_features and self.student_returns_features:
+            outputs = model(pixel_values=pixel_values, output_hidden_states=True)  # the student sees the image only
+            features = outputs.decoder_features
+        else:
+            outputs = model(pixel_values=pixel_values)
+            features = self._hooked_features if kd.uses_student_features else None
         teacher_logits = self.teacher_logits(pixel_values, labels)
         loss_task = self.task_loss(outputs, labels)
-        temperature = self.args.kd_temperature
-        if self.args.kd_loss == "cwd":
-            loss_kd = channel_wise_divergence(outputs.logits, teacher_logits, temperature)
-        elif self.args.kd_loss == "pixel_kd":
-            loss_kd = pixel_wise_divergence(
-                outputs.logits, teacher_logits, temperature, labels, self.args.ignore_index
-            )
-        else:
-            loss_kd = self.fakd_loss(outputs.logits, teacher_logits, labels)
+        inputs = {}
+        if kd.uses_labels:
+            inputs.update(labels=labels, ignore_index=self.args.ignore_index)
+        if kd.uses_student_features:
+            inputs["variance"] = self.fakd_variance(features, labels, teacher_logits.shape[-2:])
+        loss_kd = kd.function(outputs.logits, teacher_logits, temperature=temperature, **inputs)
         loss = self.args.task_weight * loss_task + self.args.kd_weight * loss_kd
         self.log_loss_components(loss_task=loss_task, loss_kd=loss_kd)
         return (loss, outputs) if return_outputs else loss
 
-    def _keep_student_features(self, module, inputs) -> None:
-        self._student_features = inputs[0]
-
-    def fakd_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor):
-        """FAKD (lad_hf.fakd): update the class covariance with this forward's features, then the bound of the KD
-        loss under augmentations of strength `cosine_ratio(step)`."""
-        features = self._student_features
+    def fakd_variance(self, features: torch.Tensor, labels: torch.Tensor, size: torch.Size) -> torch.Tensor:
+        """FAKD (lad_hf.fakd): update the class covariance with this forward's classifier features, then the variance
+        of each student logit under augmentations of strength `cosine_ratio(step)`, at the teacher's `size`."""
         self.feature_covariance.update(features, resize_labels(labels, features.shape[-2:]))
         warmup = self.args.fakd_warmup_steps or self.state.max_steps
         ratio = cosine_ratio(self.state.global_step, warmup, self.args.fakd_ratio)
         weight = self.student_classifier.weight.flatten(1)  # (K, D)
-        teacher_labels = resize_labels(labels, teacher_logits.shape[-2:])
-        variance = augmentation_variance(
-            weight, self.feature_covariance.covariance, teacher_labels, ratio, self.args.ignore_index
-        )
-        temperature = self.args.kd_temperature
-        if self.args.kd_loss == "fakd_cwd":
-            return fakd_channel_wise_divergence(student_logits, teacher_logits, variance, temperature)
-        return fakd_pixel_wise_divergence(
-            student_logits, teacher_logits, variance, temperature, labels, self.args.ignore_index
+        return augmentation_variance(
+            weight, self.feature_covariance.covariance, resize_labels(labels, size), ratio, self.args.ignore_index
         )
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -243,3 +262,13 @@ class DistillationTrainer(SegmentationTrainer):
             logits = model(pixel_values=pixel_values).logits.detach()
             loss = segmentation_cross_entropy(logits, labels, self.args.ignore_index)
         return (loss, None, None) if prediction_loss_only else (loss, logits, labels)
+
+
+@contextlib.contextmanager
+def _pre_hook(module: torch.nn.Module, hook):
+    """`hook` on `module`'s inputs while the block runs."""
+    handle = module.register_forward_pre_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -6,14 +6,23 @@ from huggingface_hub import constants
 from transformers import AutoModelForSemanticSegmentation, PreTrainedModel
 
 
-__all__ = ["check_local_path", "load_segmentation_model", "looks_local", "not_found_error"]
+__all__ = ["check_local_path", "is_hub_id", "load_segmentation_model", "looks_local", "not_found_error"]
 
 
 def looks_local(name: str) -> bool:
-    """A name that can only be a local path: Hub ids are `name` or `owner/name`, and `owner` is no local folder."""
+    """A name that can only be a local path: Hub ids are `name` or `owner/name`, `owner` is no local folder, and
+    no repo is named like a parquet file."""
     return (
-        name.startswith((".", "/", "~")) or name.count("/") > 1 or ("/" in name and os.path.isdir(name.split("/")[0]))
+        name.startswith((".", "/", "~"))
+        or name.count("/") > 1
+        or ("/" in name and os.path.isdir(name.split("/")[0]))
+        or name.endswith(".parquet")
     )
+
+
+def is_hub_id(name) -> bool:
+    """Whether `name` names a Hub repo: a string that is no local file or folder and cannot be one."""
+    return isinstance(name, str) and bool(name) and not os.path.exists(name) and not looks_local(name)
 
 
 def not_found_error(what: str, name: str, error: Exception | None, kind: str) -> ValueError:

@@ -20,7 +20,9 @@ def find_input_stem(model: nn.Module, num_channels: int) -> tuple[str, nn.Conv2d
     )
 
 
-def _conv_like(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+def _conv_like(conv: nn.Conv2d, in_channels: int, bias: bool | None = None) -> nn.Conv2d:
+    """A convolution with `conv`'s geometry (kernel, stride, padding, dilation) reading `in_channels` channels; with a
+    bias where `conv` has one, unless `bias` says."""
     return nn.Conv2d(
         in_channels,
         conv.out_channels,
@@ -28,7 +30,7 @@ def _conv_like(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
         stride=conv.stride,
         padding=conv.padding,
         dilation=conv.dilation,
-        bias=conv.bias is not None,
+        bias=conv.bias is not None if bias is None else bias,
         padding_mode=conv.padding_mode,
         device=conv.weight.device,
         dtype=conv.weight.dtype,
@@ -74,15 +76,7 @@ class LabelStemConv(nn.Module):
             nn.Conv2d(1, hidden_channels, 3, padding=1, bias=False),
             nn.BatchNorm2d(hidden_channels),
             nn.ReLU(inplace=True),
-            nn.Conv2d(
-                hidden_channels,
-                image_conv.out_channels,
-                image_conv.kernel_size,
-                stride=image_conv.stride,
-                padding=image_conv.padding,
-                dilation=image_conv.dilation,
-                bias=False,
-            ),
+            _conv_like(image_conv, hidden_channels, bias=False),
         )
         self.reset_label_stem_output()
 

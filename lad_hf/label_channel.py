@@ -5,7 +5,7 @@ from transformers import PreTrainedModel
 
 from .input_stem import attach_label_stem, widen_input_stem
 from .modeling_lad_seg import LadSegForSemanticSegmentation
-from .noising import LabelNoiser
+from .noising import LabelNoiser, is_lad_teacher
 
 
 __all__ = ["add_label_channel", "build_teacher_inputs"]
@@ -36,7 +36,7 @@ def add_label_channel(
     """
     config = model.config
     image_channels = config.num_channels
-    if getattr(config, "label_noiser", None) is not None:
+    if is_lad_teacher(config):
         raise ValueError(f"{type(model).__name__} already has a label channel (config.label_noiser is set).")
     if noiser.num_labels != config.num_labels:
         raise ValueError(

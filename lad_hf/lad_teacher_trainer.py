@@ -1,17 +1,15 @@
 """Dual-path training of a LAD teacher (paper Eq. 7)."""
 
 import torch
-from transformers.utils import logging
 
 from .lad_teacher_config import LadTeacherConfig
 from .losses import dual_path_consistency, noise_stability
 from .metrics import SegmentationMetric, predictions_from_logits
+from .noising import LabelNoiser
 from .segmentation_trainer import SegmentationTrainer, content_generator
 
 
 __all__ = ["LadTeacherTrainer"]
-
-logger = logging.get_logger(__name__)
 
 STABILITY_DRAWS = 3  # paper Table 8
 
@@ -34,8 +32,8 @@ class LadTeacherTrainer(SegmentationTrainer):
     paper's Table 8 stability (`eval_stability_kl`) is reported too.
 
     Args:
-        model (`PreTrainedModel`): A model with a label channel: widened with `add_label_channel`, or built with
-            `num_channels=4`. Its config records the noiser of `args`, so a saved teacher keeps it.
+        model (`PreTrainedModel`): A model with a label channel, widened with `add_label_channel(model, noiser)`:
+            its config records the noiser it is trained with (and a saved teacher keeps it).
         args (`LadTeacherConfig`): Training arguments.
         **kwargs: Passed on to `Trainer` (`train_dataset`, `eval_dataset`, `data_collator`, `callbacks` ...).
 
@@ -47,26 +45,6 @@ class LadTeacherTrainer(SegmentationTrainer):
         ```
     """
 
-    def __init__(self, model=None, args: LadTeacherConfig | None = None, **kwargs):
-        args = args if args is not None else LadTeacherConfig(output_dir="trainer_output")
-        if not isinstance(args, LadTeacherConfig):
-            raise TypeError(f"LadTeacherTrainer takes a LadTeacherConfig as args, got {type(args).__name__}.")
-        config = model.config
-        if getattr(config, "label_noiser", None) is None and getattr(config, "num_channels", 3) != 4:
-            raise ValueError(
-                f"{type(model).__name__} has no label channel (num_channels={getattr(config, 'num_channels', None)}). "
-                "Widen it with `lad_hf.add_label_channel(model, noiser)`, or build it with num_channels=4."
-            )
-        noiser = args.label_noiser(config.num_labels)
-        if getattr(config, "label_noiser", None) not in (None, noiser.to_dict()):
-            logger.warning(
-                f"The model's recorded label noiser {config.label_noiser} is replaced by the one of the training "
-                f"arguments {noiser.to_dict()}."
-            )
-        config.label_noiser = noiser.to_dict()
-        super().__init__(model=model, args=args, **kwargs)
-        self.noiser = noiser
-
     method = (
         "A LAD teacher (Label Assisted Distillation, Qiu et al., ECCV 2024): a segmentation model that reads the "
         "image plus a randomly noised copy of its ground-truth label as one more input channel, trained on two "
@@ -74,6 +52,19 @@ class LadTeacherTrainer(SegmentationTrainer):
         "`lad_hf.DistillationTrainer`; it needs the label at inference."
     )
     method_tag = "lad-teacher"
+
+    def __init__(self, model=None, args: LadTeacherConfig | None = None, **kwargs):
+        args = args if args is not None else LadTeacherConfig(output_dir="trainer_output")
+        if not isinstance(args, LadTeacherConfig):
+            raise TypeError(f"LadTeacherTrainer takes a LadTeacherConfig as args, got {type(args).__name__}.")
+        # The noiser is the teacher's own, recorded in its config: the one distillation will use.
+        self.noiser = LabelNoiser.from_config(model.config)
+        if self.noiser.ignore_index != args.ignore_index:
+            raise ValueError(
+                f"The teacher's label noiser takes {self.noiser.ignore_index} for unlabelled pixels, the training "
+                f"arguments {args.ignore_index}: build the LabelNoiser with ignore_index={args.ignore_index}."
+            )
+        super().__init__(model=model, args=args, **kwargs)
 
     def card_settings(self) -> dict:
         noiser = self.noiser.to_dict()
@@ -100,7 +91,7 @@ class LadTeacherTrainer(SegmentationTrainer):
             f"# or: lad-hf distill --teacher_model_name_or_path {model_id} --dataset_name ... --output_dir student"
         )
 
-    def consistency_weight(self) -> float:
+    def ramped_consistency_weight(self) -> float:
         """lambda at the current step, ramped from 0 over `consistency_warmup_steps`."""
         warmup = self.args.consistency_warmup_steps
         ramp = min(1.0, self.state.global_step / warmup) if warmup > 0 else 1.0
@@ -122,7 +113,7 @@ class LadTeacherTrainer(SegmentationTrainer):
             self.args.consistency_temperature,
             symmetric=self.args.consistency_loss == "cwd_symmetric",
         )
-        loss = loss_seg + self.consistency_weight() * loss_consistency
+        loss = loss_seg + self.ramped_consistency_weight() * loss_consistency
         self.log_loss_components(loss_seg=loss_seg, loss_consistency=loss_consistency)
         return (loss, outputs) if return_outputs else loss
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from .hub import is_hub_id
+
 
 __all__ = ["model_card"]
 
@@ -28,11 +30,6 @@ def _value(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return f"`{value}`" if isinstance(value, str) else str(value)
-
-
-def _is_hub_id(name: str | None) -> bool:
-    """Whether `name` reads as a Hub repo id (`owner/name`) rather than a local path."""
-    return bool(name) and name.count("/") == 1 and not name.startswith((".", "/", "~")) and not os.path.exists(name)
 
 
 def _table(header: tuple[str, str], rows: dict) -> str:
@@ -69,8 +66,8 @@ def model_card(
         library_name="transformers",
         pipeline_tag="image-segmentation",
         tags=["lad-hf", "semantic-segmentation", *(tags or [])],
-        datasets=[dataset] if _is_hub_id(dataset) else None,
-        base_model=base_model if _is_hub_id(base_model) else None,
+        datasets=[dataset] if is_hub_id(dataset) else None,
+        base_model=base_model if is_hub_id(base_model) else None,
     )
     shown = {
         name: value

@@ -27,9 +27,13 @@ class LadSegOutput(SemanticSegmenterOutput):
     auxiliary_logits (`torch.FloatTensor` of shape `(batch_size, num_labels, height, width)`, *optional*):
         The auxiliary head's logits, returned in training mode (for losses computed outside the model, as in
         distillation) and by OCR heads, which read them.
+    decoder_features (`torch.FloatTensor` of shape `(batch_size, channels, height, width)`, *optional*):
+        The decode head's last features, the input of its 1x1 classifier (what feature-based KD losses such as FAKD
+        read), returned with `output_hidden_states=True`.
     """
 
     auxiliary_logits: torch.FloatTensor | None = None
+    decoder_features: torch.FloatTensor | None = None
 
 
 class ConvBNReLU(nn.Sequential):
@@ -48,20 +52,45 @@ class ConvBNReLU(nn.Sequential):
         )
 
 
-class FCNHead(nn.Module):
-    """3x3 conv, dropout, 1x1 classifier (FCN; also the auxiliary head)."""
+class DecodeHead(nn.Module):
+    """What every head shares: `decode(features)` picks its inputs from the backbone's feature maps (last stage
+    first-to-last) and returns the features its 1x1 `classifier` reads (feature-based KD losses read these too);
+    `forward` returns the logits.
 
-    def __init__(self, in_channels: int, channels: int, num_labels: int, dropout: float):
+    `reads_object_regions`: `decode` also takes the auxiliary head's logits as soft object regions (OCR).
+    `logits_at_input_size`: the model upsamples the logits to its input (DINOv2's linear evaluation).
+    """
+
+    reads_object_regions = False
+    logits_at_input_size = False
+    classifier: nn.Conv2d
+
+    def decode(self, features: list[torch.Tensor], object_regions: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, features: list[torch.Tensor], object_regions: torch.Tensor | None = None) -> torch.Tensor:
+        return self.classifier(self.decode(features, object_regions))
+
+
+class FCNHead(DecodeHead):
+    """3x3 conv, dropout, 1x1 classifier on one feature map (FCN; also the auxiliary head, on the penultimate)."""
+
+    def __init__(self, in_channels: int, channels: int, num_labels: int, dropout: float, in_index: int = -1):
         super().__init__()
+        self.in_index = in_index
         self.conv = ConvBNReLU(in_channels, channels, 3)
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(channels, num_labels, 1)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(self.conv(features)))
+    @classmethod
+    def from_config(cls, config: LadSegConfig, channels: list[int]) -> "FCNHead":
+        return cls(channels[-1], config.decode_channels or channels[-1] // 4, config.num_labels, config.dropout)
+
+    def decode(self, features, object_regions=None):
+        return self.dropout(self.conv(features[self.in_index]))
 
 
-class PyramidPoolingHead(nn.Module):
+class PyramidPoolingHead(DecodeHead):
     """PSPNet: average-pool to each bin size, 1x1 conv to in/len(bins), upsample, concat with the input, 3x3 conv."""
 
     def __init__(self, in_channels: int, channels: int, num_labels: int, bins: list[int], dropout: float):
@@ -74,36 +103,58 @@ class PyramidPoolingHead(nn.Module):
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(channels, num_labels, 1)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        size = features.shape[-2:]
-        pyramid = [features] + [
-            F.interpolate(stage(features), size=size, mode="bilinear", align_corners=False) for stage in self.stages
+    @classmethod
+    def from_config(cls, config: LadSegConfig, channels: list[int]) -> "PyramidPoolingHead":
+        width = config.decode_channels or channels[-1] // 4
+        return cls(channels[-1], width, config.num_labels, config.psp_bins, config.dropout)
+
+    def decode(self, features, object_regions=None):
+        last = features[-1]
+        size = last.shape[-2:]
+        pyramid = [last] + [
+            F.interpolate(stage(last), size=size, mode="bilinear", align_corners=False) for stage in self.stages
         ]
-        return self.classifier(self.dropout(self.bottleneck(torch.cat(pyramid, dim=1))))
+        return self.dropout(self.bottleneck(torch.cat(pyramid, dim=1)))
 
 
-class ASPPHead(nn.Module):
+class ASPPHead(DecodeHead):
     """DeepLabV3: ASPP (1x1, dilated 3x3 branches, image pooling), 1x1 projection, 3x3 conv, classifier."""
 
-    def __init__(self, in_channels: int, channels: int, num_labels: int, rates: list[int], dropout: float):
+    def __init__(
+        self,
+        in_channels: int,
+        channels: int,
+        num_labels: int,
+        rates: list[int],
+        dropout: float,
+        projection_dropout: float,
+    ):
         super().__init__()
         self.branches = nn.ModuleList(
             [ConvBNReLU(in_channels, channels)] + [ConvBNReLU(in_channels, channels, 3, rate) for rate in rates]
         )
         self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), ConvBNReLU(in_channels, channels))
-        self.project = nn.Sequential(ConvBNReLU((len(rates) + 2) * channels, channels), nn.Dropout(0.5))
+        self.project = nn.Sequential(ConvBNReLU((len(rates) + 2) * channels, channels), nn.Dropout(projection_dropout))
         self.conv = ConvBNReLU(channels, channels, 3)
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(channels, num_labels, 1)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        pooled = self.image_pool(features).expand(-1, -1, *features.shape[-2:])
-        aspp = torch.cat([branch(features) for branch in self.branches] + [pooled], dim=1)
-        return self.classifier(self.dropout(self.conv(self.project(aspp))))
+    @classmethod
+    def from_config(cls, config: LadSegConfig, channels: list[int]) -> "ASPPHead":
+        width = config.decode_channels or (128 if channels[-1] <= 512 else 256)
+        return cls(channels[-1], width, config.num_labels, config.aspp_rates, config.dropout, config.aspp_dropout)
+
+    def decode(self, features, object_regions=None):
+        last = features[-1]
+        pooled = self.image_pool(last).expand(-1, -1, *last.shape[-2:])
+        aspp = torch.cat([branch(last) for branch in self.branches] + [pooled], dim=1)
+        return self.dropout(self.conv(self.project(aspp)))
 
 
-class ObjectContextHead(nn.Module):
+class ObjectContextHead(DecodeHead):
     """OCRNet: pixels attend to object-region representations pooled with the soft regions of the auxiliary head."""
+
+    reads_object_regions = True
 
     def __init__(self, in_channels: int, channels: int, key_channels: int, num_labels: int, dropout: float):
         super().__init__()
@@ -117,8 +168,13 @@ class ObjectContextHead(nn.Module):
         self.classifier = nn.Conv2d(channels, num_labels, 1)
         self.key_channels = key_channels
 
-    def forward(self, features: torch.Tensor, object_regions: torch.Tensor) -> torch.Tensor:
-        pixels = self.bottleneck(features)
+    @classmethod
+    def from_config(cls, config: LadSegConfig, channels: list[int]) -> "ObjectContextHead":
+        width = config.decode_channels or 512
+        return cls(channels[-1], width, config.ocr_key_channels, config.num_labels, config.dropout)
+
+    def decode(self, features, object_regions=None):
+        pixels = self.bottleneck(features[-1])
         batch_size, _, height, width = pixels.shape
         if object_regions.shape[-2:] != pixels.shape[-2:]:
             object_regions = F.interpolate(object_regions, size=(height, width), mode="bilinear", align_corners=False)
@@ -130,12 +186,13 @@ class ObjectContextHead(nn.Module):
         value = self.value(regions).flatten(2).transpose(1, 2)  # (B, K, D)
         attention = torch.bmm(query, key).div(math.sqrt(self.key_channels)).softmax(dim=-1)  # (B, HW, K)
         context = torch.bmm(attention, value).transpose(1, 2).reshape(batch_size, -1, height, width)
-        fused = self.fuse(torch.cat([self.out(context), pixels], dim=1))
-        return self.classifier(self.dropout(fused))
+        return self.dropout(self.fuse(torch.cat([self.out(context), pixels], dim=1)))
 
 
-class LinearHead(nn.Module):
-    """DINOv2's linear evaluation head: batch norm and a 1x1 classifier over the concatenated feature maps."""
+class LinearHead(DecodeHead):
+    """DINOv2's linear evaluation head: batch norm and a 1x1 classifier over all the feature maps, concatenated."""
+
+    logits_at_input_size = True
 
     def __init__(self, in_channels: int, num_labels: int, dropout: float):
         super().__init__()
@@ -143,8 +200,22 @@ class LinearHead(nn.Module):
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(in_channels, num_labels, 1)
 
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        return self.classifier(self.dropout(self.norm(torch.cat(features, 1))))
+    @classmethod
+    def from_config(cls, config: LadSegConfig, channels: list[int]) -> "LinearHead":
+        return cls(sum(channels), config.num_labels, config.dropout)
+
+    def decode(self, features, object_regions=None):
+        return self.dropout(self.norm(torch.cat(features, 1)))
+
+
+# The class of each head `LadSegConfig.decode_head` names.
+HEAD_CLASSES = {
+    "fcn": FCNHead,
+    "psp": PyramidPoolingHead,
+    "aspp": ASPPHead,
+    "ocr": ObjectContextHead,
+    "linear": LinearHead,
+}
 
 
 def dilate_resnet(backbone: nn.Module, output_stride: int) -> None:
@@ -203,28 +274,12 @@ class LadSegForSemanticSegmentation(LadSegPreTrainedModel):
         self.backbone = load_backbone(config)
         if config.output_stride is not None and config.output_stride < 32:
             dilate_resnet(self.backbone, config.output_stride)
-        penultimate_channels, last_channels = self.backbone.channels[-2:]
         # ViT backbones read patches: inputs are resized to a multiple of the patch size.
         self.patch_size = getattr(config.backbone_config, "patch_size", None)
-        num_labels, dropout = config.num_labels, config.dropout
-
-        head, channels = config.decode_head, config.decode_channels
-        if head == "fcn":
-            self.decode_head = FCNHead(last_channels, channels or last_channels // 4, num_labels, dropout)
-        elif head == "psp":
-            channels = channels or last_channels // 4
-            self.decode_head = PyramidPoolingHead(last_channels, channels, num_labels, config.psp_bins, dropout)
-        elif head == "aspp":
-            channels = channels or (128 if last_channels <= 512 else 256)
-            self.decode_head = ASPPHead(last_channels, channels, num_labels, config.aspp_rates, dropout)
-        elif head == "ocr":
-            self.decode_head = ObjectContextHead(
-                last_channels, channels or 512, config.ocr_key_channels, num_labels, dropout
-            )
-        else:
-            self.decode_head = LinearHead(sum(self.backbone.channels), num_labels, dropout)
+        channels = list(self.backbone.channels)
+        self.decode_head = HEAD_CLASSES[config.decode_head].from_config(config, channels)
         self.auxiliary_head = (
-            FCNHead(penultimate_channels, penultimate_channels // 4, num_labels, dropout)
+            FCNHead(channels[-2], channels[-2] // 4, config.num_labels, config.dropout, in_index=-2)
             if config.use_auxiliary_head
             else None
         )
@@ -263,7 +318,8 @@ class LadSegForSemanticSegmentation(LadSegPreTrainedModel):
                 Normalised images; a LAD teacher takes the noised label as a 4th channel.
             labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
                 Class ids in `[0, num_labels)` or `config.loss_ignore_index`.
-            output_hidden_states (`bool`, *optional*): Return the backbone feature maps the heads read.
+            output_hidden_states (`bool`, *optional*): Return the backbone feature maps the heads read
+                (`hidden_states`) and the decode head's classifier input (`decoder_features`).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.num_channels:
@@ -284,20 +340,17 @@ class LadSegForSemanticSegmentation(LadSegPreTrainedModel):
         if self.patch_size is not None and (size[0] % self.patch_size or size[1] % self.patch_size):
             snapped = [max(1, round(side / self.patch_size)) * self.patch_size for side in size]
             pixel_values = F.interpolate(pixel_values, size=snapped, mode="bilinear", align_corners=False)
-        features = self.backbone(pixel_values).feature_maps
+        features = list(self.backbone(pixel_values).feature_maps)
         auxiliary_logits = None
-        # Inference skips the auxiliary head unless the OCR head reads it or a loss needs it.
+        # Inference skips the auxiliary head unless the decode head reads it (OCR) or a loss needs it.
         if self.auxiliary_head is not None and (
-            self.training or labels is not None or self.config.decode_head == "ocr"
+            self.training or labels is not None or self.decode_head.reads_object_regions
         ):
-            auxiliary_logits = self.auxiliary_head(features[-2])
-        if self.config.decode_head == "ocr":
-            logits = self.decode_head(features[-1], auxiliary_logits)
-        elif self.config.decode_head == "linear":
-            logits = self.decode_head(list(features))
+            auxiliary_logits = self.auxiliary_head(features)
+        decoder_features = self.decode_head.decode(features, auxiliary_logits)
+        logits = self.decode_head.classifier(decoder_features)
+        if self.decode_head.logits_at_input_size:
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-        else:
-            logits = self.decode_head(features[-1])
 
         loss = None
         if labels is not None:
@@ -307,9 +360,14 @@ class LadSegForSemanticSegmentation(LadSegPreTrainedModel):
                 weight = self.config.auxiliary_loss_weight
                 loss = loss + weight * segmentation_cross_entropy(auxiliary_logits, labels, ignore_index)
 
-        hidden_states = tuple(features) if output_hidden_states else None
-        output = LadSegOutput(loss=loss, logits=logits, hidden_states=hidden_states, auxiliary_logits=auxiliary_logits)
+        output = LadSegOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=tuple(features) if output_hidden_states else None,
+            auxiliary_logits=auxiliary_logits,
+            decoder_features=decoder_features if output_hidden_states else None,
+        )
         return output if return_dict else output.to_tuple()
 
 
-__all__ = ["LadSegForSemanticSegmentation", "LadSegOutput", "LadSegPreTrainedModel"]
+__all__ = ["HEAD_CLASSES", "DecodeHead", "LadSegForSemanticSegmentation", "LadSegOutput", "LadSegPreTrainedModel"]

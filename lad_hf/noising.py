@@ -9,7 +9,7 @@ from torch import nn
 from .labels import check_labels
 
 
-__all__ = ["LabelNoiser"]
+__all__ = ["LabelNoiser", "is_lad_teacher"]
 
 FIXED_CODES = ("standardized", "official")
 IGNORE_ENCODINGS = ("class", "zero")
@@ -105,14 +105,13 @@ class LabelNoiser(nn.Module):
 
     @classmethod
     def from_config(cls, config) -> "LabelNoiser":
-        """The noiser a teacher was trained with, from its config (see `add_label_channel`)."""
-        settings = getattr(config, "label_noiser", None)
-        if settings is None:
+        """The noiser a LAD teacher was trained with, from its config (recorded by `add_label_channel`)."""
+        if not is_lad_teacher(config):
             raise ValueError(
                 f"This {type(config).__name__} records no label noiser: the model was not made a LAD teacher. "
                 "Widen it with `lad_hf.add_label_channel(model, LabelNoiser(...))` first."
             )
-        return cls(**settings)
+        return cls(**config.label_noiser)
 
     def class_codes(self, batch_size: int, device: torch.device, generator: torch.Generator | None = None):
         """The code of every class and of the ignore slot, shape `(batch_size, num_labels + 1)`."""
@@ -155,3 +154,21 @@ class LabelNoiser(nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{key}={value!r}" for key, value in self.to_dict().items())
+
+
+def is_lad_teacher(config) -> bool:
+    """Whether a model's config is a LAD teacher's: it records the label noiser of its label channel (`label_noiser`,
+    set by `add_label_channel`), so the model is given its label exactly as it was trained.
+
+    A config with a 4th input channel but no noiser raises: such a model cannot be given its label.
+    """
+    if getattr(config, "label_noiser", None) is not None:
+        return True
+    if getattr(config, "num_channels", 3) == 4:
+        raise ValueError(
+            f"This {type(config).__name__} has 4 input channels, an image and a label channel, but records no label "
+            "noiser, so the label cannot be given to it. Make LAD teachers with "
+            "`lad_hf.add_label_channel(model, LabelNoiser(num_labels))`, which records it; for a model built with 4 "
+            "channels, record it with `model.config.label_noiser = LabelNoiser(num_labels).to_dict()`."
+        )
+    return False

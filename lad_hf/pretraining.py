@@ -21,6 +21,7 @@ from transformers import ResNetConfig, ResNetForImageClassification, Trainer, Tr
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from .data.digit_scenes import compose_digit, load_mnist_digits, split_digits
+from .files import atomic_path
 
 
 __all__ = ["DigitRenders", "pretrain_digit_backbone"]
@@ -130,9 +131,9 @@ def pretrain_digit_backbone(
     config.label2id = {name: k for k, name in DIGIT_ID2LABEL.items()}
     torch.manual_seed(seed)
     model = ResNetForImageClassification(config)
-    work_dir = output_dir.with_name(f".{output_dir.name}.tmp")
+    trainer_dir = output_dir.with_name(f".{output_dir.name}.trainer")
     args = TrainingArguments(
-        output_dir=str(work_dir / "trainer"),
+        output_dir=str(trainer_dir),
         max_steps=steps,
         per_device_train_batch_size=batch_size,
         per_device_eval_batch_size=250,
@@ -166,11 +167,8 @@ def pretrain_digit_backbone(
         "log_history": trainer.state.log_history,
         "settings": settings,
     }
-    model.save_pretrained(work_dir)
-    shutil.rmtree(work_dir / "trainer", ignore_errors=True)
-    (work_dir / RESULTS_FILE).write_text(json.dumps(results, indent=1))
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(work_dir, output_dir)
+    shutil.rmtree(trainer_dir, ignore_errors=True)
+    with atomic_path(output_dir) as tmp:
+        model.save_pretrained(tmp)
+        (tmp / RESULTS_FILE).write_text(json.dumps(results, indent=1))
     return results

@@ -31,7 +31,6 @@ from .demo import (
     TEACHERS,
     DemoSettings,
     Job,
-    _write_json,
     arm_name,
     check_settings,
     ensure_digit_scenes,
@@ -41,6 +40,7 @@ from .demo import (
     run_jobs,
     save_figure,
 )
+from .files import write_json, write_text
 
 
 __all__ = ["StudySettings", "run_study"]
@@ -439,11 +439,9 @@ def run_study(
         for job, r in results.items()
     ]
     summary["wall_seconds_this_call"] = round(time.perf_counter() - start, 1)
-    _write_json(output_dir / "study.json", summary)
+    write_json(output_dir / "study.json", summary)
     table = markdown(summary)
-    tmp = output_dir / ".study.md.tmp"
-    tmp.write_text(table)
-    os.replace(tmp, output_dir / "study.md")
+    write_text(output_dir / "study.md", table)
     plot_convergence(output_dir / "study_convergence.png", results, study)
     if stage == "all":
         plot(output_dir / "study.png", summary)

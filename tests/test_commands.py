@@ -188,6 +188,16 @@ def test_bad_recipes_and_paths(workspace, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--config", str(workspace / "tiny.yaml"), "--kd_loss", "cwd"])  # distill's, not train's
     assert "unknown option '--kd_loss'" in capsys.readouterr().err
+    for command, option in (("train", "--lora_r"), ("distill", "--label_noise_alpha"), ("evaluate", "--lora_r")):
+        with pytest.raises(SystemExit):  # each command takes its own options only
+            main([command, "--config", str(workspace / "tiny.yaml"), option, "8"])
+        assert f"unknown option '{option}'" in capsys.readouterr().err
+    # One recipe serves several commands: evaluate leaves a distillation recipe's options alone.
+    shared = tmp_path / "distill.yaml"
+    shared.write_text(yaml.safe_dump({**yaml.safe_load((workspace / "tiny.yaml").read_text()), "kd_weight": 2.0}))
+    missing_model = str(tmp_path / "no_such_run")
+    assert main(["evaluate", "--config", str(shared), "--model_name_or_path", missing_model]) == 2
+    assert f"Could not load the model '{missing_model}'" in capsys.readouterr().err
 
     missing = tmp_path / "no_such_folder"
     assert main(["train", "--config", str(workspace / "tiny.yaml"), "--dataset_name", str(missing)]) == 2

@@ -10,6 +10,7 @@ from lad_hf import (
     LadTeacherConfig,
     LadTeacherTrainer,
     add_label_channel,
+    build_teacher_inputs,
     channel_wise_divergence,
     pixel_wise_divergence,
     segmentation_cross_entropy,
@@ -64,7 +65,10 @@ def test_teacher_is_frozen_and_the_student_sees_only_the_image(tmp_path):
 
 @pytest.mark.parametrize("kd_loss", ["cwd", "pixel_kd"])
 def test_loss_is_weighted_task_plus_kd(tmp_path, kd_loss):
-    teacher = lad_teacher()
+    # A LAD teacher whose label channel has no randomness (fixed codes, no pixel noise), so that its logits can be
+    # computed here independently of the trainer.
+    noiser = LabelNoiser(3, alpha=0.0, class_noise=False)
+    teacher = add_label_channel(LadSegForSemanticSegmentation(tiny_lad_seg_config("aspp")), noiser).eval()
     student = LadSegForSemanticSegmentation(tiny_lad_seg_config("fcn"))
     trainer = DistillationTrainer(
         model=student,
@@ -73,12 +77,11 @@ def test_loss_is_weighted_task_plus_kd(tmp_path, kd_loss):
     )
     batch = random_data(2)
     inputs = {key: torch.stack([s[key] for s in batch]) for key in ("pixel_values", "labels")}
-    trainer.state.global_step = 7
     loss, outputs = trainer.compute_loss(student, inputs, return_outputs=True)
 
-    trainer._generator_step = -1  # replay the teacher's noise of that step
-    teacher_logits = trainer.teacher_logits(inputs["pixel_values"], inputs["labels"])
     labels = inputs["labels"]
+    with torch.no_grad():
+        teacher_logits = teacher(build_teacher_inputs(inputs["pixel_values"], labels, noiser)).logits
     task = segmentation_cross_entropy(outputs.logits, labels) + 0.4 * segmentation_cross_entropy(
         outputs.auxiliary_logits, labels
     )
@@ -159,7 +162,8 @@ def train_one_step(tmp_path, trainer_name, batch_size, accumulation):
     # Models without batch statistics, and a label channel without randomness: fixed codes and no pixel noise.
     if trainer_name == "teacher":
         model = TinySegModel(TinySegConfig(num_labels=3, num_channels=4))
-        config = args(tmp_path, LadTeacherConfig, label_class_noise=False, label_noise_alpha=0.0, **settings)
+        model.config.label_noiser = LabelNoiser(3, alpha=0.0, class_noise=False).to_dict()
+        config = args(tmp_path, LadTeacherConfig, **settings)
         trainer = LadTeacherTrainer(model=model, args=config, train_dataset=random_data(8, size=16))
     else:
         model = TinySegModel(TinySegConfig(num_labels=3))
@@ -183,18 +187,25 @@ def test_gradient_accumulation_matches_a_bigger_batch(tmp_path, trainer_name):
 
 @pytest.mark.parametrize("trainer_name", ["teacher", "distillation"])
 def test_bf16_autocast(tmp_path, trainer_name):
+    trained = (
+        lad_teacher().train()
+        if trainer_name == "teacher"
+        else LadSegForSemanticSegmentation(tiny_lad_seg_config("fcn"))
+    )
+    dtypes = []  # what the trained model's classifier computes in, inside the training forward
+    trained.decode_head.classifier.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
     if trainer_name == "teacher":
         trainer = LadTeacherTrainer(
-            model=lad_teacher().train(), args=args(tmp_path, LadTeacherConfig, bf16=True), train_dataset=random_data()
+            model=trained, args=args(tmp_path, LadTeacherConfig, bf16=True), train_dataset=random_data()
         )
     else:
-        student = LadSegForSemanticSegmentation(tiny_lad_seg_config("fcn"))
         trainer = DistillationTrainer(
-            model=student, teacher_model=lad_teacher(), args=args(tmp_path, bf16=True), train_dataset=random_data()
+            model=trained, teacher_model=lad_teacher(), args=args(tmp_path, bf16=True), train_dataset=random_data()
         )
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    assert dtypes and set(dtypes) == {torch.bfloat16}  # bf16 was on, not silently off
 
 
 def test_channels_last_keeps_student_and_teacher_weights_channels_last(tmp_path):

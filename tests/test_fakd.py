@@ -3,7 +3,8 @@ Monte-Carlo average over sampled feature augmentations; and the online class cov
 
 import pytest
 import torch
-from conftest import TinySegConfig, TinySegModel, random_samples, tiny_lad_seg_config, trainer_args
+from conftest import TinySegConfig, TinySegModel, random_samples, tiny_lad_seg_config, tiny_segformer, trainer_args
+from transformers import TrainerCallback
 
 from lad_hf import (
     DistillationConfig,
@@ -162,3 +163,27 @@ def test_fakd_needs_a_student_classifier(tmp_path):
     args = trainer_args(DistillationConfig, tmp_path, kd_loss="fakd_pixel")
     with pytest.raises(ValueError, match="a 1x1 Conv2d at decode_head.classifier"):
         DistillationTrainer(model=TinySegModel(TinySegConfig(num_labels=3)), teacher_model=teacher, args=args)
+
+
+@pytest.mark.parametrize("student_kind", ["lad_seg", "segformer"])
+def test_fakd_features_come_from_the_outputs_or_a_hook_that_is_removed_after_training(tmp_path, student_kind):
+    teacher = add_label_channel(LadSegForSemanticSegmentation(tiny_lad_seg_config()), LabelNoiser(3)).eval()
+    student = LadSegForSemanticSegmentation(tiny_lad_seg_config()) if student_kind == "lad_seg" else tiny_segformer()
+    args = trainer_args(DistillationConfig, tmp_path, max_steps=2, per_device_train_batch_size=4, kd_loss="fakd_cwd")
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=random_samples())
+    # lad_hf models return their classifier's input; a transformers model's is read by a hook while training runs.
+    assert trainer.student_returns_features == (student_kind == "lad_seg")
+    hooks_during_training = []
+    trainer.add_callback(_HookCounter(student.decode_head.classifier, hooks_during_training))
+    trainer.train()
+    assert trainer.feature_covariance.count.sum() > 0  # the features reached the covariance estimate
+    assert hooks_during_training == ([0] if student_kind == "lad_seg" else [1])
+    assert not student.decode_head.classifier._forward_pre_hooks  # the student keeps no hook
+
+
+class _HookCounter(TrainerCallback):
+    def __init__(self, module, counts: list[int]):
+        self.module, self.counts = module, counts
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.counts.append(len(self.module._forward_pre_hooks))

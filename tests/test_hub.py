@@ -41,7 +41,7 @@ def hub_args(config_class, output_dir, repo_id: str, **overrides):
 def test_lad_teacher_published_then_distilled_by_id(local_hub, tmp_path):
     noiser = LabelNoiser(3, alpha=0.02)
     teacher = add_label_channel(LadSegForSemanticSegmentation(tiny_lad_seg_config()), noiser)
-    args = hub_args(LadTeacherConfig, tmp_path / "teacher", "user/lad-teacher", label_noise_alpha=0.02)
+    args = hub_args(LadTeacherConfig, tmp_path / "teacher", "user/lad-teacher")
     trainer = LadTeacherTrainer(
         model=teacher, args=args, train_dataset=random_samples(), eval_dataset=random_samples(4)
     )

@@ -12,6 +12,8 @@ from transformers import (
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
 from lad_hf import LadSegConfig, LadSegForSemanticSegmentation
+from lad_hf.configuration_lad_seg import DECODE_HEADS
+from lad_hf.modeling_lad_seg import HEAD_CLASSES
 
 
 HEADS = ["fcn", "psp", "aspp", "ocr"]
@@ -55,7 +57,7 @@ def test_loss_is_cross_entropy_plus_weighted_auxiliary_loss():
     with torch.no_grad():
         output = model(pixel_values, labels=labels)
         features = model.backbone(pixel_values).feature_maps
-        aux = model.auxiliary_head(features[-2])
+        aux = model.auxiliary_head(list(features))  # the auxiliary head reads the penultimate stage
 
     def ce(logits):
         up = nn.functional.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
@@ -71,14 +73,38 @@ def test_all_ignore_labels_give_zero_loss_not_nan():
     assert loss.item() == 0.0
 
 
+# The stride of each tiny backbone's last stage: ResNets dilated to 8, ConvNeXt 32, Swin 16 (patches of 2), DINOv2 4.
+BACKBONE_STRIDES = {"resnet_basic": 8, "resnet_bottleneck": 8, "convnext": 32, "swin": 16, "dinov2": 4}
+
+
 @pytest.mark.parametrize("name", list(tiny_backbones()))
 def test_transformers_backbones(name):
     config = LadSegConfig(backbone=tiny_backbones()[name], decode_head="psp", decode_channels=8, num_labels=3)
     model = LadSegForSemanticSegmentation(config)
     pixel_values, labels = batch()
-    output = model(pixel_values, labels=labels)
-    assert output.logits.shape[:2] == (2, 3)
+    output = model(pixel_values, labels=labels, output_hidden_states=True)
     assert torch.isfinite(output.loss)
+    # The heads read the last two stages: the decode head the last, the auxiliary head the one before.
+    penultimate, last = output.hidden_states
+    assert (penultimate.shape[1], last.shape[1]) == tuple(model.backbone.channels[-2:])
+    size = 32 // BACKBONE_STRIDES[name]
+    assert last.shape[-2:] == (size, size) and output.logits.shape == (2, 3, size, size)
+    assert output.auxiliary_logits.shape == (2, 3, *penultimate.shape[-2:])
+    assert output.decoder_features.shape == (2, 8, size, size)  # the classifier's input, decode_channels wide
+
+
+@pytest.mark.parametrize("head", [*HEADS, "linear"])
+def test_decoder_features_are_the_classifier_input(head):
+    backbone = tiny_dinov2() if head == "linear" else tiny_resnet()
+    config = LadSegConfig(backbone=backbone, decode_head=head, decode_channels=8, ocr_key_channels=4, num_labels=3)
+    model = LadSegForSemanticSegmentation(config).eval()
+    seen = []
+    model.decode_head.classifier.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
+    pixel_values, _ = batch()
+    output = model(pixel_values, output_hidden_states=True)
+    (classifier_input,) = seen
+    assert torch.equal(output.decoder_features, classifier_input)
+    assert model(pixel_values).decoder_features is None  # only when asked for
 
 
 @pytest.mark.parametrize("output_stride", [8, 16, 32])
@@ -213,3 +239,7 @@ def test_trains_with_the_trainer(tmp_path):
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 2 and all(0 < loss < 10 for loss in losses)
     assert not torch.equal(before, model.decode_head.classifier.weight)
+
+
+def test_every_head_the_config_names_has_a_class():
+    assert set(HEAD_CLASSES) == set(DECODE_HEADS)

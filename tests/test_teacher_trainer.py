@@ -56,8 +56,8 @@ def test_consistency_lowers_the_stability_metric(tmp_path):
     # apart are not comparable: one that ignores its label is trivially stable.)
     train, val = split_scenes(512, seed=0), split_scenes(64, seed=1)
     torch.manual_seed(0)
-    teacher = teacher_of(small_lad_seg())
-    settings = dict(label_scale=10.0, eval_stability=True)
+    teacher = teacher_of(small_lad_seg(), scale=10.0)
+    settings = dict(eval_stability=True)
     LadTeacherTrainer(
         model=teacher, args=args(tmp_path, max_steps=300, consistency_weight=0.0, **settings), train_dataset=train
     ).train()
@@ -122,17 +122,17 @@ def test_consistency_warmup_ramps_lambda(tmp_path):
     ramp = []
     for step in (0, 5, 10, 20):
         trainer.state.global_step = step
-        ramp.append(trainer.consistency_weight())
+        ramp.append(trainer.ramped_consistency_weight())
     assert ramp == [0.0, 1.0, 2.0, 2.0]
 
 
 def test_logs_loss_parts_and_per_class_iou_and_records_the_noiser(tmp_path):
-    model = teacher_of(LadSegForSemanticSegmentation(tiny_lad_seg_config("fcn")))
+    model = teacher_of(LadSegForSemanticSegmentation(tiny_lad_seg_config("fcn")), alpha=0.05)
     model.config.id2label = {0: "road", 1: "car", 2: "sky"}
     data = [{"pixel_values": s["pixel_values"][:, :32, :32], "labels": s["labels"][:32, :32]} for s in split_scenes(8)]
     trainer = LadTeacherTrainer(
         model=model,
-        args=args(tmp_path, max_steps=2, logging_steps=1, per_device_train_batch_size=2, label_noise_alpha=0.05),
+        args=args(tmp_path, max_steps=2, logging_steps=1, per_device_train_batch_size=2),
         train_dataset=data,
         eval_dataset=data,
     )
@@ -147,10 +147,17 @@ def test_logs_loss_parts_and_per_class_iou_and_records_the_noiser(tmp_path):
     assert LabelNoiser.from_config(loaded.config).alpha == 0.05
 
 
-def test_a_model_without_label_channel_is_refused(tmp_path):
+def test_a_model_without_label_channel_or_noiser_is_refused(tmp_path):
     with pytest.raises(ValueError, match="add_label_channel"):
         LadTeacherTrainer(model=TinySegModel(TinySegConfig(num_labels=3)), args=args(tmp_path))
+    # A model built with 4 channels but no recorded noiser cannot be given its label: the one message says so.
+    with pytest.raises(ValueError, match="4 input channels.*records no label noiser.*config.label_noiser = "):
+        LadTeacherTrainer(model=TinySegModel(TinySegConfig(num_labels=3, num_channels=4)), args=args(tmp_path))
+    with pytest.raises(ValueError, match="ignore_index=0"):
+        LadTeacherTrainer(
+            model=teacher_of(TinySegModel(TinySegConfig(num_labels=3))), args=args(tmp_path, ignore_index=0)
+        )
     with pytest.raises(ValueError, match="consistency_loss"):
         args(tmp_path, consistency_loss="l2")
-    with pytest.raises(ValueError, match="label_class_noise=False"):
-        args(tmp_path, label_fixed_codes="official")
+    with pytest.raises(ValueError, match="class_noise=False"):
+        LabelNoiser(3, fixed_codes="official")

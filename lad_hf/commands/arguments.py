@@ -10,8 +10,21 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser
 
+from ..distillation_config import DistillationConfig
+from ..lad_teacher_config import LadTeacherConfig
+from ..noising import LabelNoiser
+from ..self_distillation_config import SelfDistillationConfig
 
-__all__ = ["DataArguments", "InferenceArguments", "ModelArguments", "PredictArguments", "parse_arguments"]
+
+__all__ = [
+    "DataArguments",
+    "InferenceArguments",
+    "LabelChannelArguments",
+    "LoraArguments",
+    "ModelArguments",
+    "PredictArguments",
+    "parse_arguments",
+]
 
 
 @dataclass
@@ -47,18 +60,69 @@ class ModelArguments:
         },
     )
     decode_channels: int | None = field(default=None, metadata={"help": "Width of the decode head (paper's)."})
+
+
+@dataclass
+class LabelChannelArguments:
+    """`train-teacher`: the teacher's label channel. The noiser's settings are recorded in the teacher's config, so
+    that distillation gives the teacher its label exactly as it was trained."""
+
+    label_noise_alpha: float = field(
+        default=0.01, metadata={"help": "Pixel-wise noise level alpha of the label noising module (paper Eq. 5)."}
+    )
+    label_class_noise: bool = field(
+        default=True,
+        metadata={"help": "Random class codes per image (the paper). False: fixed codes, see label_fixed_codes."},
+    )
+    label_fixed_codes: str = field(
+        default="standardized",
+        metadata={
+            "help": "Class codes without class noise: 'standardized' (paper Table 9) or 'official' ((k-11)/10)."
+        },
+    )
+    label_ignore_encoding: str = field(
+        default="class", metadata={"help": "Ignore pixels: 'class' (a random code of their own) or 'zero'."}
+    )
+    label_scale: float = field(
+        default=1.0,
+        metadata={
+            "help": "Multiplier of the label channel (a remedy for a teacher that ignores it; lad_hf's option, the "
+            "official code uses 100). Small prototypes found unit-scale teachers ignoring the channel."
+        },
+    )
     label_stem_channels: int | None = field(
         default=None,
         metadata={
-            "help": "train-teacher: read the label channel with a separate stem of this width (lad_hf's option); "
-            "default: one more channel of the input convolution, as in the paper."
+            "help": "Read the label channel with a separate stem of this width (lad_hf's option); default: one more "
+            "channel of the input convolution, as in the paper."
         },
     )
+
+    def __post_init__(self):
+        self.label_noiser(num_labels=1, ignore_index=255)  # LabelNoiser checks its settings: fail before any work
+
+    def label_noiser(self, num_labels: int, ignore_index: int) -> LabelNoiser:
+        """The label noising module these options describe."""
+        return LabelNoiser(
+            num_labels,
+            alpha=self.label_noise_alpha,
+            ignore_index=ignore_index,
+            class_noise=self.label_class_noise,
+            scale=self.label_scale,
+            fixed_codes=self.label_fixed_codes,
+            ignore_encoding=self.label_ignore_encoding,
+        )
+
+
+@dataclass
+class LoraArguments:
+    """`distill`: train the student through LoRA adapters (peft)."""
+
     lora_r: int | None = field(
         default=None,
         metadata={
-            "help": "distill: train the student through LoRA adapters of this rank (peft), the head in full; the run "
-            "saves the adapter, and the base model in output_dir/base_model. Default targets: DINOv2's attention."
+            "help": "Train the student through LoRA adapters of this rank (peft), the head in full; the run saves the "
+            "adapter, and the base model in output_dir/base_model. Default targets: DINOv2's attention."
         },
     )
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (scaling numerator)."})
@@ -171,6 +235,22 @@ class PredictArguments:
     device: str = field(default="cpu", metadata={"help": "Device to run on, e.g. cpu or cuda."})
 
 
+def options_of_all_commands() -> set[str]:
+    """The options of every lad-hf training and evaluation command: the keys a recipe may hold."""
+    dataclass_types = (
+        ModelArguments,
+        DataArguments,
+        InferenceArguments,
+        PredictArguments,
+        LabelChannelArguments,
+        LoraArguments,
+        LadTeacherConfig,
+        DistillationConfig,
+        SelfDistillationConfig,
+    )
+    return {f.name for dtype in dataclass_types for f in fields(dtype) if f.init}
+
+
 def _closest(key: str, valid: list[str], prefix: str = "") -> str:
     match = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
     return f"; did you mean '{prefix}{match[0]}'?" if match else "; --help lists the valid ones."
@@ -178,6 +258,9 @@ def _closest(key: str, valid: list[str], prefix: str = "") -> str:
 
 def parse_arguments(dataclass_types: tuple, argv: list[str] | None, prog: str, description: str) -> tuple:
     """Parse `dataclass_types` from `--config recipe.yaml` and the command line (which overrides the recipe).
+
+    The command line takes the options of `dataclass_types` only. A recipe may also hold other commands' options
+    (see `options_of_all_commands`), which are left alone; any other key is refused, naming the closest valid one.
 
     Returns the dataclass instances, then the dict of all the values they were built from, which can build another
     `TrainingArguments` class from the same values.
@@ -196,10 +279,12 @@ def parse_arguments(dataclass_types: tuple, argv: list[str] | None, prog: str, d
         given = yaml.safe_load(Path(config_file).read_text()) or {}
         if not isinstance(given, dict):
             parser.error(f"{config_file}: a recipe is a flat mapping of option names to values.")
+        every_option = sorted(options_of_all_commands())
         for key in given:
-            if key not in valid:
-                parser.error(f"{config_file}: unknown key '{key}'{_closest(key, valid)}")
-        parser.set_defaults(**given)
+            if key not in every_option:
+                parser.error(f"{config_file}: unknown key '{key}'{_closest(key, every_option)}")
+        # One recipe serves several commands (distill, then evaluate on its dataset): each takes its own options.
+        parser.set_defaults(**{key: value for key, value in given.items() if key in valid})
     namespace, unknown = parser.parse_known_args(argv)
     for option in unknown:
         if option.startswith("--"):

@@ -11,7 +11,7 @@ from ..configuration_lad_seg import LadSegConfig
 from ..data import PRESETS, SegmentationTransforms, dataset_id2label, load_segmentation_dataset
 from ..hub import load_segmentation_model
 from ..modeling_lad_seg import LadSegForSemanticSegmentation
-from ..segmentation_trainer import SegmentationConfig
+from ..segmentation_config import SegmentationConfig
 from .arguments import DataArguments, ModelArguments
 
 
@@ -90,17 +90,14 @@ def load_data(data_args: DataArguments, args: SegmentationConfig, image_processo
             f'The dataset \'{name}\' names no classes: add an id2label.json ({{"0": "background", ...}}) to its '
             "folder or Hub repo, give its label column a ClassLabel feature, or use a preset (--dataset_preset)."
         )
-    normalisation = {}
-    if image_processor is not None:
-        normalisation = dict(image_mean=image_processor.image_mean, image_std=image_processor.image_std)
     train_dataset = eval_dataset = None
     if train:
-        transform = SegmentationTransforms(
+        transform = SegmentationTransforms.from_image_processor(
+            image_processor,
             data_args.crop_size,
             scale_range=tuple(data_args.scale_range),
             ignore_index=args.ignore_index,
             seed=args.seed,
-            **normalisation,
         )
         train_dataset = load_segmentation_dataset(
             name,
@@ -114,12 +111,12 @@ def load_data(data_args: DataArguments, args: SegmentationConfig, image_processo
         )
         train_dataset = _first(train_dataset, data_args.max_train_samples, data_args.streaming)
     if data_args.eval_split is not None:
-        transform = SegmentationTransforms(
+        transform = SegmentationTransforms.from_image_processor(
+            image_processor,
             data_args.eval_size or data_args.crop_size,
             train=False,
             eval_mode=data_args.eval_mode,
             ignore_index=args.ignore_index,
-            **normalisation,
         )
         eval_dataset = load_segmentation_dataset(
             name, data_args.eval_split, transform=transform, id2label=id2label, **common

@@ -13,8 +13,9 @@ from ..hub import load_segmentation_model
 from ..inference import TTASegmenter
 from ..lad_teacher_config import LadTeacherConfig
 from ..lad_teacher_trainer import LadTeacherTrainer
-from ..noising import LabelNoiser
-from ..segmentation_trainer import SegmentationConfig, SegmentationTrainer
+from ..noising import is_lad_teacher
+from ..segmentation_config import SegmentationConfig
+from ..segmentation_trainer import SegmentationTrainer
 from .arguments import DataArguments, InferenceArguments, ModelArguments, parse_arguments
 from .common import load_data, load_image_processor
 
@@ -37,18 +38,11 @@ def main(argv: list[str] | None = None, prog: str = "lad-hf evaluate") -> dict:
     image_processor = load_image_processor(model_args.model_name_or_path)
     _, eval_dataset, _ = load_data(data_args, args, image_processor, train=False)
     common = dict(eval_dataset=eval_dataset, data_collator=SegmentationCollator())
-    if getattr(model.config, "label_noiser", None) is not None:
+    if is_lad_teacher(model.config):
         if not inference.is_plain:
             raise ValueError("flip, scales and sliding_window apply to image-only models, not to a LAD teacher.")
-        noiser = LabelNoiser.from_config(model.config)
-        teacher_args = LadTeacherConfig(
-            **{f.name: values[f.name] for f in fields(SegmentationConfig) if f.init},
-            label_noise_alpha=noiser.alpha,
-            label_class_noise=noiser.class_noise,
-            label_fixed_codes=noiser.fixed_codes,
-            label_ignore_encoding=noiser.ignore_encoding,
-            label_scale=noiser.scale,
-        )
+        # The teacher's trainer evaluates it with its recorded noiser, and its label reliance.
+        teacher_args = LadTeacherConfig(**{f.name: values[f.name] for f in fields(SegmentationConfig) if f.init})
         trainer = LadTeacherTrainer(model=model, args=teacher_args, **common)
     else:
         if not inference.is_plain:

@@ -14,11 +14,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
-from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from ..data.digit_scenes import class_palette
+from ..data import SegmentationTransforms
+from ..files import atomic_path
 from ..hub import load_segmentation_model
 from ..inference import segment
+from ..noising import is_lad_teacher
+from ..visualization import class_palette, overlay
 from .arguments import InferenceArguments, PredictArguments, parse_arguments
 from .common import load_image_processor
 
@@ -62,9 +64,8 @@ def check_images(files: list[Path]) -> None:
 
 
 def _save(image: Image.Image, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
 
 
 def main(argv: list[str] | None = None, prog: str = "lad-hf predict") -> list[Path]:
@@ -76,16 +77,15 @@ def main(argv: list[str] | None = None, prog: str = "lad-hf predict") -> list[Pa
     files = find_images(args.inputs)
     check_images(files)
     model = load_segmentation_model(args.model_name_or_path).to(args.device).eval()
-    if getattr(model.config, "label_noiser", None) is not None:
+    if is_lad_teacher(model.config):
         raise ValueError(
             f"{args.model_name_or_path} is a LAD teacher: it needs the ground-truth label as input. Predict with a "
             "student (or any image-only model)."
         )
     if model.config.num_labels > 256:
         raise ValueError(f"The model predicts {model.config.num_labels} classes; PNG class maps hold at most 256.")
-    processor = load_image_processor(args.model_name_or_path)
-    mean = torch.tensor(processor.image_mean if processor else IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(processor.image_std if processor else IMAGENET_DEFAULT_STD).view(1, 3, 1, 1)
+    # The normalisation the model was trained with: that of its saved image processor, else ImageNet's.
+    transforms = SegmentationTransforms.from_image_processor(load_image_processor(args.model_name_or_path), (1, 1))
     window = tuple(inference.window_size) if inference.sliding_window else None
     if inference.sliding_window and window is None:
         raise ValueError("sliding_window needs --window_size height width.")
@@ -100,15 +100,14 @@ def main(argv: list[str] | None = None, prog: str = "lad-hf predict") -> list[Pa
         pixels = torch.from_numpy(array).permute(2, 0, 1)[None].float().div(255)
         if args.image_size is not None:
             pixels = F.interpolate(pixels, size=tuple(args.image_size), mode="bilinear", antialias=True)
-        pixels = ((pixels - mean) / std).to(args.device)
+        pixels = transforms.normalize(pixels).to(args.device)
         with torch.inference_mode():
             probabilities = segment(model, pixels, inference.scales, inference.flip, window, stride)
             probabilities = F.interpolate(probabilities, size=array.shape[:2], mode="bilinear")
         classes = probabilities.argmax(1)[0].byte().cpu().numpy()
         class_map = Image.fromarray(classes, mode="P")
         class_map.putpalette(palette.flatten().tolist())
-        overlay = (1 - args.overlay_alpha) * array + args.overlay_alpha * palette[classes]
         _save(class_map, output_dir / f"{path.stem}.png")
-        _save(Image.fromarray(overlay.astype(np.uint8)), output_dir / f"{path.stem}_overlay.png")
+        _save(Image.fromarray(overlay(array, classes, args.overlay_alpha)), output_dir / f"{path.stem}_overlay.png")
         written.append(output_dir / f"{path.stem}.png")
     return written

@@ -4,7 +4,9 @@ lad-hf self-distill --config configs/cityscapes_deeplabv3_r18_sdes.yaml
 accelerate launch scripts/self_distill.py --config configs/cityscapes_deeplabv3_r18_sdes.yaml
 """
 
-from ..sdes import SelfDistillationConfig, SelfDistillationTrainer
+from ..self_distillation_config import SelfDistillationConfig
+from ..self_distillation_trainer import SelfDistillationTrainer
+from .arguments import DataArguments, ModelArguments, parse_arguments
 from .train import train_model
 
 
@@ -15,4 +17,7 @@ DESCRIPTION = (
 
 
 def main(argv: list[str] | None = None, prog: str = "lad-hf self-distill") -> dict:
-    return train_model(argv, prog, DESCRIPTION, SelfDistillationConfig, SelfDistillationTrainer)
+    model_args, data_args, args, _ = parse_arguments(
+        (ModelArguments, DataArguments, SelfDistillationConfig), argv, prog, DESCRIPTION
+    )
+    return train_model(model_args, data_args, args, SelfDistillationTrainer)

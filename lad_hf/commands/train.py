@@ -5,7 +5,8 @@ accelerate launch scripts/train.py --config configs/cityscapes_deeplabv3_r18_bas
 """
 
 from ..data import SegmentationCollator
-from ..segmentation_trainer import SegmentationConfig, SegmentationTrainer
+from ..segmentation_config import SegmentationConfig
+from ..segmentation_trainer import SegmentationTrainer
 from .arguments import DataArguments, ModelArguments, parse_arguments
 from .common import build_model, checkpoint_to_resume, finish_run, load_data, load_image_processor
 
@@ -14,19 +15,21 @@ DESCRIPTION = "Train a segmentation model on its labels alone: the baseline that
 
 
 def train_model(
-    argv, prog: str, description: str, config_class=SegmentationConfig, trainer_class=SegmentationTrainer, prepare=None
-):
-    """Parse, load the data, build the model (then `prepare(model, model_args, args, id2label)`, if given), train it
-    with `trainer_class` and save the run: `train`, `train-teacher` and `self-distill`."""
-    model_args, data_args, args, _ = parse_arguments(
-        (ModelArguments, DataArguments, config_class), argv, prog, description
-    )
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    args: SegmentationConfig,
+    trainer_class=SegmentationTrainer,
+    prepare=None,
+    **trainer_kwargs,
+) -> dict:
+    """What every training command does once its options are parsed: find the checkpoint to resume, load the data,
+    build the model (then `prepare(model, id2label)`, if given), train it with `trainer_class` and save the run."""
     resume = checkpoint_to_resume(args)
     image_processor = load_image_processor(model_args.model_name_or_path)
     train_dataset, eval_dataset, id2label = load_data(data_args, args, image_processor)
     model = build_model(model_args, id2label)
     if prepare is not None:
-        prepare(model, model_args, args, id2label)
+        prepare(model, id2label)
     trainer = trainer_class(
         model=model,
         args=args,
@@ -34,10 +37,14 @@ def train_model(
         eval_dataset=eval_dataset,
         data_collator=SegmentationCollator(),
         processing_class=image_processor,
+        **trainer_kwargs,
     )
     result = trainer.train(resume_from_checkpoint=resume)
     return finish_run(trainer, result, data_args, model_args)
 
 
 def main(argv: list[str] | None = None, prog: str = "lad-hf train") -> dict:
-    return train_model(argv, prog, DESCRIPTION)
+    model_args, data_args, args, _ = parse_arguments(
+        (ModelArguments, DataArguments, SegmentationConfig), argv, prog, DESCRIPTION
+    )
+    return train_model(model_args, data_args, args)

@@ -16,7 +16,6 @@ import importlib.util
 import io
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,9 @@ import pandas as pd
 from datasets import Dataset, Features, Image
 from PIL import Image as PILImage
 from PIL import ImageFilter
+
+from ..files import atomic_path
+from ..visualization import overlay
 
 
 __all__ = ["DIGIT_SCENES_ID2LABEL", "build_digit_scenes", "load_mnist_digits"]
@@ -185,20 +187,9 @@ Splits and parquet shards: {", ".join(f"{split} {sizes[split]} scenes in {shards
 """
 
 
-def class_palette() -> np.ndarray:
-    """`(256, 3)` uint8 colours for class ids: black for background (0), then distinct colours."""
-    palette = [[0, 0, 0]] + [[(37 * k) % 256, (97 * k) % 256, (173 * k) % 256] for k in range(1, 256)]
-    return np.array(palette, dtype=np.uint8)
-
-
 def _preview(path: Path, scenes: list[tuple[np.ndarray, np.ndarray]]) -> None:
     """A picture of a few scenes over their label maps, coloured by class."""
-    palette = class_palette()
-    rows = []
-    for image, label in scenes:
-        overlay = (0.5 * image + 0.5 * palette[label]).astype(np.uint8)
-        overlay[label == 0] = image[label == 0]
-        rows.append(np.concatenate([image, overlay], axis=0))
+    rows = [np.concatenate([image, overlay(image, label, background=0)], axis=0) for image, label in scenes]
     PILImage.fromarray(np.concatenate(rows, axis=1)).resize((64 * len(scenes) * 3, 128 * 3), PILImage.NEAREST).save(
         path
     )
@@ -254,31 +245,27 @@ def build_digit_scenes(
     digits, digit_labels = load_mnist_digits()
     pools = split_digits(digit_labels)
     features = Features({"image": Image(), "label": Image()})
-    tmp_dir = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    (tmp_dir / "data").mkdir(parents=True)
-    preview = []
-    for split_index, (split, count) in enumerate(num_scenes.items()):
-        rng = np.random.default_rng([seed, split_index])
-        pool_digits, pool_labels = digits[pools[split]], digit_labels[pools[split]]
-        scenes = [compose_scene(pool_digits, pool_labels, rng, size) for _ in range(count)]
-        if split == "validation":
-            preview = scenes[:8]
-        dataset = Dataset.from_dict(
-            {"image": [_png(image) for image, _ in scenes], "label": [_png(label) for _, label in scenes]},
-            features=features,
-        )
-        shards = num_shards[split]
-        for shard in range(shards):
-            part = dataset.shard(shards, shard, contiguous=True)
-            part.to_parquet(tmp_dir / "data" / f"{split}-{shard:05d}-of-{shards:05d}.parquet")
-    (tmp_dir / "README.md").write_text(_readme(num_scenes, num_shards, seed))
-    (tmp_dir / "id2label.json").write_text(json.dumps({str(k): v for k, v in DIGIT_SCENES_ID2LABEL.items()}, indent=1))
-    if preview:
-        _preview(tmp_dir / "preview.png", preview)
-    (tmp_dir / "build_info.json").write_text(json.dumps(build_info))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp_dir, out_dir)
+    with atomic_path(out_dir) as tmp_dir:
+        (tmp_dir / "data").mkdir(parents=True)
+        preview = []
+        for split_index, (split, count) in enumerate(num_scenes.items()):
+            rng = np.random.default_rng([seed, split_index])
+            pool_digits, pool_labels = digits[pools[split]], digit_labels[pools[split]]
+            scenes = [compose_scene(pool_digits, pool_labels, rng, size) for _ in range(count)]
+            if split == "validation":
+                preview = scenes[:8]
+            dataset = Dataset.from_dict(
+                {"image": [_png(image) for image, _ in scenes], "label": [_png(label) for _, label in scenes]},
+                features=features,
+            )
+            shards = num_shards[split]
+            for shard in range(shards):
+                part = dataset.shard(shards, shard, contiguous=True)
+                part.to_parquet(tmp_dir / "data" / f"{split}-{shard:05d}-of-{shards:05d}.parquet")
+        (tmp_dir / "README.md").write_text(_readme(num_scenes, num_shards, seed))
+        id2label = {str(k): v for k, v in DIGIT_SCENES_ID2LABEL.items()}
+        (tmp_dir / "id2label.json").write_text(json.dumps(id2label, indent=1))
+        if preview:
+            _preview(tmp_dir / "preview.png", preview)
+        (tmp_dir / "build_info.json").write_text(json.dumps(build_info))
     return out_dir

@@ -21,7 +21,7 @@ from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 from transformers.utils import logging
 
-from ..hub import check_local_path, not_found_error
+from ..hub import check_local_path, is_hub_id, not_found_error
 from ..labels import check_labels
 from .presets import PRESETS, SegmentationPreset
 from .transforms import SegmentationTransforms
@@ -58,10 +58,6 @@ def label_lookup_table(
     return None
 
 
-def _is_local(name_or_path) -> bool:
-    return not isinstance(name_or_path, str) or os.path.exists(name_or_path) or name_or_path.endswith(".parquet")
-
-
 def find_id2label(
     name_or_path: str | Sequence[str],
     features=None,
@@ -84,7 +80,7 @@ def find_id2label(
     if isinstance(name_or_path, str) and os.path.isdir(name_or_path):
         path = Path(name_or_path, "id2label.json")
         return {int(k): v for k, v in json.loads(path.read_text()).items()} if path.exists() else None
-    if not _is_local(name_or_path):
+    if is_hub_id(name_or_path):
         try:
             path = hf_hub_download(name_or_path, "id2label.json", repo_type="dataset", revision=revision)
         except (EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError):

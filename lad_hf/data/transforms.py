@@ -80,8 +80,15 @@ class SegmentationTransforms:
 
     @classmethod
     def from_image_processor(cls, image_processor, crop_size: tuple[int, int], **kwargs) -> "SegmentationTransforms":
-        """Take the normalisation of a transformers image processor (e.g. `AutoImageProcessor.from_pretrained`)."""
-        return cls(crop_size, image_mean=image_processor.image_mean, image_std=image_processor.image_std, **kwargs)
+        """Take the normalisation of a transformers image processor (e.g. `AutoImageProcessor.from_pretrained`, the
+        one saved with a model); `None` keeps ImageNet's."""
+        if image_processor is not None:
+            kwargs.update(image_mean=image_processor.image_mean, image_std=image_processor.image_std)
+        return cls(crop_size, **kwargs)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """`(..., 3, H, W)` values in [0, 1] -> normalised with `image_mean` and `image_std`."""
+        return (pixels - self._mean) / self._std
 
     def _uniform(self, low: float, high: float) -> float:
         return low + (high - low) * float(torch.rand((), generator=self._generator))
@@ -124,7 +131,7 @@ class SegmentationTransforms:
         pixels, label = _as_tensors(image, label)
         pixels, label = self._train(pixels, label) if self.train else self._eval(pixels, label)
         # Padding is black (0 before normalisation), as in the paper's code.
-        return (pixels - self._mean) / self._std, label
+        return self.normalize(pixels), label
 
 
 class SegmentationCollator:

@@ -14,85 +14,16 @@ Only the paper's abstract is public; this is lad_hf's reading of it. The choices
     L = L_student (CE + auxiliary) + sum_e CE(z_e, y) + dped_weight * PKD(z, p_ens) + dfed_weight * MSE(A(f), F_ens)
 """
 
-import copy
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from .losses import pixel_wise_divergence, segmentation_cross_entropy
-from .segmentation_trainer import SegmentationConfig, SegmentationTrainer
-
-
-__all__ = ["SelfDecouplingStudent", "SelfDistillationConfig", "SelfDistillationTrainer"]
-
-EXPERT_HEADS = ("fcn", "psp", "aspp")
+from .losses import _at_least_float32, pixel_kl, segmentation_cross_entropy
+from .modeling_sdes import SelfDecouplingStudent
+from .segmentation_trainer import SegmentationTrainer
+from .self_distillation_config import SelfDistillationConfig
 
 
-@dataclass
-class SelfDistillationConfig(SegmentationConfig):
-    """Arguments of [`SelfDistillationTrainer`] (SDES)."""
-
-    num_experts: int = field(default=2, metadata={"help": "Expert decoders on the student's encoder."})
-    dped_weight: float = field(default=1.0, metadata={"help": "Weight of the prediction-ensemble distillation."})
-    dfed_weight: float = field(default=1.0, metadata={"help": "Weight of the feature-ensemble distillation."})
-    sdes_temperature: float = field(default=4.0, metadata={"help": "Temperature of the prediction ensemble and KD."})
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.num_experts < 1:
-            raise ValueError(f"num_experts must be >= 1, got {self.num_experts}.")
-        if self.sdes_temperature <= 0:
-            raise ValueError(f"sdes_temperature must be > 0, got {self.sdes_temperature}.")
-        for name in ("dped_weight", "dfed_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
-
-
-class SelfDecouplingStudent(nn.Module):
-    """A `LadSegForSemanticSegmentation` student with SDES's training-time experts and feature adapter.
-
-    In evaluation mode it is the student. In training mode `forward` returns the student's outputs plus what the SDES
-    losses read: `expert_logits`, `expert_features`, `head_features` (the main head's classifier input) and
-    `adapted_features` (the encoder's last features through the adapter).
-    """
-
-    def __init__(self, student: nn.Module, num_experts: int):
-        super().__init__()
-        if student.config.decode_head not in EXPERT_HEADS:
-            raise ValueError(
-                f"SDES builds its experts from the student's decode head, one of {EXPERT_HEADS}; this student's is "
-                f"{student.config.decode_head!r}."
-            )
-        self.student, self.config = student, student.config
-        self.experts = nn.ModuleList(copy.deepcopy(student.decode_head) for _ in range(num_experts))
-        for expert in self.experts:
-            expert.apply(student._init_weights)
-            for module in expert.modules():
-                if isinstance(module, nn.BatchNorm2d):
-                    module.reset_parameters()
-        width = student.decode_head.classifier.in_channels
-        self.adapter = nn.Conv2d(student.backbone.channels[-1], width, 1)
-        self._captured: list[torch.Tensor] = []
-        for head in (student.decode_head, *self.experts):
-            head.classifier.register_forward_pre_hook(lambda module, inputs: self._captured.append(inputs[0]))
-
-    def num_parameters(self) -> int:
-        """The deployed student's parameter count (the experts and the adapter are not deployed)."""
-        return self.student.num_parameters()
-
-    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None):
-        self._captured.clear()
-        if not self.training:
-            return self.student(pixel_values=pixel_values, labels=labels)
-        outputs = self.student(pixel_values=pixel_values, labels=labels, output_hidden_states=True)
-        encoder = outputs.hidden_states[-1]
-        outputs["expert_logits"] = [expert(encoder) for expert in self.experts]
-        outputs["head_features"], *expert_features = self._captured
-        outputs["expert_features"] = expert_features
-        outputs["adapted_features"] = self.adapter(encoder)
-        return outputs
+__all__ = ["SelfDistillationTrainer", "feature_ensemble"]
 
 
 def feature_ensemble(features: list[torch.Tensor]) -> torch.Tensor:
@@ -103,7 +34,8 @@ def feature_ensemble(features: list[torch.Tensor]) -> torch.Tensor:
 
 
 class SelfDistillationTrainer(SegmentationTrainer):
-    r"""SDES self-distillation (see `lad_hf.sdes`): the student learns from its own expert decoders' ensembles.
+    r"""SDES self-distillation (see this module's docstring): the student learns from its own expert decoders'
+    ensembles.
 
     `loss_student`, `loss_experts`, `loss_dped` and `loss_dfed` are logged apart. `save_model` and checkpoints write
     the student alone (a resumed run starts its experts afresh).
@@ -142,11 +74,11 @@ class SelfDistillationTrainer(SegmentationTrainer):
             return (outputs.loss, outputs) if return_outputs else outputs.loss
         loss_student = outputs.loss
         loss_experts = sum(segmentation_cross_entropy(z, labels, ignore_index) for z in outputs["expert_logits"])
-        # DPED: the experts' averaged soft predictions, as log-probabilities, are the main decoder's target.
-        ensemble = torch.stack([(z.detach() / tau).softmax(1) for z in outputs["expert_logits"]]).mean(0)
-        loss_dped = pixel_wise_divergence(
-            outputs.logits, ensemble.clamp_min(1e-12).log() * tau, tau, labels, ignore_index
-        )
+        # DPED: the experts' averaged soft predictions are the main decoder's target distribution.
+        ensemble = torch.stack([(_at_least_float32(z.detach()) / tau).softmax(1) for z in outputs["expert_logits"]])
+        log_p_ensemble = ensemble.mean(0).clamp_min(1e-12).log()
+        log_p_student = F.log_softmax(_at_least_float32(outputs.logits) / tau, dim=1)
+        loss_dped = pixel_kl(log_p_student, log_p_ensemble, tau, labels, ignore_index)
         # DFED: the encoder, through the adapter, towards the channel-weighted ensemble of the experts' features.
         target = feature_ensemble([f.detach() for f in outputs["expert_features"]])
         adapted = outputs["adapted_features"]
