@@ -4,12 +4,14 @@
 """
 
 import hashlib
+import math
 import os
 import zlib
 from collections import defaultdict
 
+import datasets
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from .files import atomic_path
 from .metrics import SegmentationMetric, predictions_from_logits
@@ -18,6 +20,23 @@ from .segmentation_config import SegmentationConfig
 
 
 __all__ = ["SegmentationTrainer", "content_generator"]
+
+
+def _format_transform(dataset):
+    """The transform a map-style `datasets.Dataset` applies on access (`set_transform`), if any."""
+    if isinstance(dataset, datasets.Dataset):
+        return dataset.format["format_kwargs"].get("transform")
+    return None
+
+
+class _AugmentationEpoch(TrainerCallback):
+    """Tells the training data's transform the epoch, so that its augmentation draws, keyed by (seed, epoch, row),
+    differ between epochs and repeat exactly when a run resumes (see `SegmentationTransforms`)."""
+
+    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        transform = _format_transform(getattr(train_dataloader, "dataset", None))
+        if hasattr(transform, "set_epoch"):
+            transform.set_epoch(math.floor(state.epoch))
 
 
 def _seed_from(key: str) -> int:
@@ -65,6 +84,13 @@ class SegmentationTrainer(Trainer):
         if args.channels_last:
             model = model.to(memory_format=torch.channels_last)
         super().__init__(model=model, args=args, compute_metrics=compute_metrics, **kwargs)
+        if hasattr(_format_transform(self.train_dataset), "set_epoch"):
+            if args.dataloader_persistent_workers and args.dataloader_num_workers > 0:
+                raise ValueError(
+                    "dataloader_persistent_workers keeps the workers of the first epoch, which would repeat its "
+                    "augmentation in every epoch: leave it off (the workers then start anew each epoch)."
+                )
+            self.add_callback(_AugmentationEpoch())
         self._loss_components: dict[str, list[torch.Tensor]] = defaultdict(list)
         self._generator_step, self._micro_batch = -1, 0
 

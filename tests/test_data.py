@@ -204,7 +204,7 @@ def test_bad_samples_are_named(tmp_path):
 
     mismatched = [{"image": png(np.zeros((8, 8, 3), np.uint8)), "label": png(np.zeros((8, 6), np.uint8))}]
     path = write_parquet(tmp_path / "sizes.parquet", mismatched)
-    with pytest.raises(ValueError, match="sample 0 of its batch: the image is 8x8 but its label map 6x8"):
+    with pytest.raises(ValueError, match="row 0: the image is 8x8 but its label map 6x8"):  # the dataset row
         load_segmentation_dataset(str(path), num_labels=3)[0]
 
     colour = np.zeros((8, 8, 3), np.uint8)

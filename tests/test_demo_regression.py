@@ -7,6 +7,9 @@ Changes since the first record, each meant:
   (`losses.pixel_kl`) instead of logits made from its log, which `log_softmax` renormalised (a difference near
   float32 rounding per step; six steps of a tiny model at a test loss of 10 carry it to 0.4% of the test loss).
   The nine other runs are unchanged.
+- All runs: training augmentation draws are keyed by (seed, epoch, dataset row) instead of coming from one generator
+  in call order, so that a resumed run repeats the uninterrupted one exactly (re-recorded; the step-by-step
+  behaviour of every trainer is otherwise the same).
 """
 
 import json

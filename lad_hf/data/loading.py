@@ -102,7 +102,9 @@ def _open(value: dict) -> PILImage.Image:
 class SegmentationDecoder:
     """Decodes a batch of undecoded image/label pairs, checks them, remaps labels and optionally transforms them.
 
-    Used as `Dataset.set_transform` (map-style) or in `IterableDataset.map(batched=True)` (streaming).
+    Used as `Dataset.set_transform` (map-style: the batch carries each pair's dataset row in a `row` column, which
+    names the pair in errors and keys its augmentation draws) or in `IterableDataset.map(batched=True,
+    with_indices=True)` (streaming: the position in the stream names the pair; augmentation draws come in order).
     """
 
     def __init__(
@@ -152,15 +154,26 @@ class SegmentationDecoder:
                 raise ValueError(f"{name}: {error}") from None
         return np.array(image.convert("RGB")), label_ids
 
-    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+    def set_epoch(self, epoch: int) -> None:
+        """Pass the training epoch on to the transform, whose augmentation draws depend on it."""
+        if hasattr(self.transform, "set_epoch"):
+            self.transform.set_epoch(epoch)
+
+    def __call__(self, batch: dict[str, list], indices: list[int] | None = None) -> dict[str, list]:
         images, labels = [], []
-        for index, (image_value, label_value) in enumerate(zip(batch["image"], batch["label"], strict=True)):
-            name = image_value.get("path") or f"sample {index} of its batch"
+        rows = batch.get("row", indices)
+        for i, (image_value, label_value) in enumerate(zip(batch["image"], batch["label"], strict=True)):
+            row = None if rows is None else int(rows[i])
+            name = f"row {row}" if row is not None else f"sample {i} of its batch"
+            if image_value.get("path"):
+                name += f" ({image_value['path']})"
             decoded = self._decode(image_value, label_value, name)
             if decoded is None:
                 continue
             if self.transform is not None:
-                decoded = self.transform(*decoded)
+                # Map-style rows key their augmentation draws; a stream's positions are not rows.
+                keyed = "row" in batch and isinstance(self.transform, SegmentationTransforms)
+                decoded = self.transform(*decoded, index=row) if keyed else self.transform(*decoded)
             images.append(decoded[0])
             labels.append(decoded[1])
         if self.transform is not None:
@@ -319,6 +332,7 @@ def load_segmentation_dataset(
     lut = label_lookup_table(ignore_index, bool(reduce_labels), label_mapping)
     decoder = SegmentationDecoder(num_labels, ignore_index, lut, transform, skip_corrupt=streaming)
     if not streaming:
+        raw = raw.add_column("row", np.arange(len(raw)))
         raw.set_transform(decoder)
         return raw
     if shuffle_buffer_size:
@@ -329,4 +343,4 @@ def load_segmentation_dataset(
             f"The stream has {raw.n_shards} shard(s) for {world_size} processes: every process will read all of it "
             "and keep its part. Store the dataset in at least as many files as processes."
         )
-    return raw.map(decoder, batched=True, batch_size=16, remove_columns=["image", "label"])
+    return raw.map(decoder, batched=True, batch_size=16, with_indices=True, remove_columns=["image", "label"])

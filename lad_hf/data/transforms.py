@@ -50,7 +50,11 @@ class SegmentationTransforms:
         scale_range (`tuple[float, float]`, *optional*, defaults to `(0.5, 2.0)`): Rescale ratios.
         ignore_index (`int`, *optional*, defaults to 255): Label of padded pixels.
         eval_mode (`str`, *optional*, defaults to `"resize"`): `"resize"`, `"pad"` or `"original"`.
-        seed (`int`, *optional*): Seed of the augmentation's own generator (each worker process gets its own draws).
+        seed (`int`, *optional*): Seed of the augmentation. Called with a dataset row's `index` (as
+            `load_segmentation_dataset`'s map-style datasets do), the draws for that row are a function of
+            `(seed, epoch, index)` alone: the same in any process, with any number of dataloader workers, and after
+            resuming from a checkpoint; `set_epoch` (called by lad_hf's trainers at each epoch) gives every epoch new
+            draws. Without an index (or a seed), draws come from the transform's own generator, in call order.
     """
 
     crop_size: tuple[int, int]
@@ -77,6 +81,16 @@ class SegmentationTransforms:
             self._generator.manual_seed(self.seed)
         else:
             self._generator.seed()
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The training epoch: rows drawn by index get new augmentation draws in every epoch."""
+        self.epoch = epoch
+
+    def _row_generator(self, index: int) -> torch.Generator:
+        """The generator of one row's draws in this epoch."""
+        (seed,) = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)
+        return torch.Generator().manual_seed(int(seed))
 
     @classmethod
     def from_image_processor(cls, image_processor, crop_size: tuple[int, int], **kwargs) -> "SegmentationTransforms":
@@ -90,25 +104,23 @@ class SegmentationTransforms:
         """`(..., 3, H, W)` values in [0, 1] -> normalised with `image_mean` and `image_std`."""
         return (pixels - self._mean) / self._std
 
-    def _uniform(self, low: float, high: float) -> float:
-        return low + (high - low) * float(torch.rand((), generator=self._generator))
-
-    def _randint(self, high: int) -> int:
-        return int(torch.randint(high + 1, (), generator=self._generator))
-
-    def _train(self, pixels: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _train(
+        self, pixels: torch.Tensor, label: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         height, width = pixels.shape[-2:]
-        ratio = self._uniform(*self.scale_range)
+        low, high = self.scale_range
+        ratio = low + (high - low) * float(torch.rand((), generator=generator))
         pixels, label = _resize(pixels, label, (max(1, round(height * ratio)), max(1, round(width * ratio))))
         crop_h, crop_w = self.crop_size
         pad_h, pad_w = max(crop_h - pixels.shape[-2], 0), max(crop_w - pixels.shape[-1], 0)
         if pad_h or pad_w:
             pixels = F.pad(pixels, (0, pad_w, 0, pad_h), value=0.0)
             label = F.pad(label, (0, pad_w, 0, pad_h), value=self.ignore_index)
-        top, left = self._randint(pixels.shape[-2] - crop_h), self._randint(pixels.shape[-1] - crop_w)
+        top = int(torch.randint(pixels.shape[-2] - crop_h + 1, (), generator=generator))
+        left = int(torch.randint(pixels.shape[-1] - crop_w + 1, (), generator=generator))
         pixels = pixels[:, top : top + crop_h, left : left + crop_w]
         label = label[top : top + crop_h, left : left + crop_w]
-        if float(torch.rand((), generator=self._generator)) < 0.5:
+        if float(torch.rand((), generator=generator)) < 0.5:
             pixels, label = pixels.flip(-1), label.flip(-1)
         return pixels, label
 
@@ -126,10 +138,17 @@ class SegmentationTransforms:
         label = F.pad(label, (0, pad_w, 0, pad_h), value=self.ignore_index)
         return pixels, label
 
-    def __call__(self, image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """One pair: `(H, W, 3)` uint8 image and `(H, W)` int label -> normalised `(3, h, w)` and `(h, w)` long."""
+    def __call__(
+        self, image: np.ndarray, label: np.ndarray, index: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pair: `(H, W, 3)` uint8 image and `(H, W)` int label -> normalised `(3, h, w)` and `(h, w)` long.
+        `index` is the pair's row in its dataset (see `seed`)."""
         pixels, label = _as_tensors(image, label)
-        pixels, label = self._train(pixels, label) if self.train else self._eval(pixels, label)
+        if self.train:
+            keyed = index is not None and self.seed is not None
+            pixels, label = self._train(pixels, label, self._row_generator(index) if keyed else self._generator)
+        else:
+            pixels, label = self._eval(pixels, label)
         # Padding is black (0 before normalisation), as in the paper's code.
         return self.normalize(pixels), label
 
