@@ -141,6 +141,12 @@ class DistillationTrainer(SegmentationTrainer):
         self.teacher = self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
         is_lad = is_lad_teacher(self.teacher_config)
         self.teacher_noiser = LabelNoiser.from_config(self.teacher_config) if is_lad else None
+        if is_lad and self.teacher_noiser.num_labels != self.teacher_config.num_labels:
+            raise ValueError(
+                f"The teacher {self._teacher_name()} records a label noiser for {self.teacher_noiser.num_labels} "
+                f"classes but predicts {self.teacher_config.num_labels}: its config is inconsistent; re-record its "
+                "noiser (config.label_noiser) with the teacher's class count."
+            )
         self.auxiliary_loss_weight = (
             args.auxiliary_loss_weight
             if args.auxiliary_loss_weight is not None
@@ -167,9 +173,8 @@ class DistillationTrainer(SegmentationTrainer):
         return model
 
     def card_settings(self) -> dict:
-        teacher_config = self.teacher_config
         settings = {
-            "teacher": self.args.teacher_model_name_or_path or teacher_config.name_or_path or "(given in code)",
+            "teacher": self._teacher_name(),
             "teacher type": "LAD teacher (label channel)" if self.teacher_noiser is not None else "image-only",
             "KD loss": self.args.kd_loss,
             "KD loss is": self.args.kd.description,
@@ -240,7 +245,14 @@ class DistillationTrainer(SegmentationTrainer):
         if kd.uses_student_features:
             inputs["variance"] = self.fakd_variance(features, labels, teacher_logits.shape[-2:])
         loss_kd = kd.function(outputs.logits, teacher_logits, temperature=temperature, **inputs)
-        loss = self.args.task_weight * loss_task + self.args.kd_weight * loss_kd
+        # Each term's share of the accumulated batch: CE is a mean over labelled pixels, a KD loss that reads labels a
+        # mean over labelled pixels of the teacher's grid, CWD a mean over images.
+        if kd.uses_labels:
+            kd_share = self.pixel_share(labels, num_items_in_batch, teacher_logits.shape[-2:])
+        else:
+            kd_share = self.image_share(labels, num_items_in_batch)
+        task_share = self.pixel_share(labels, num_items_in_batch)
+        loss = self.args.task_weight * loss_task * task_share + self.args.kd_weight * loss_kd * kd_share
         self.log_loss_components(loss_task=loss_task, loss_kd=loss_kd)
         return (loss, outputs) if return_outputs else loss
 
@@ -254,6 +266,35 @@ class DistillationTrainer(SegmentationTrainer):
         return augmentation_variance(
             weight, self.feature_covariance.covariance, resize_labels(labels, size), ratio, self.args.ignore_index
         )
+
+    def training_state(self) -> dict[str, torch.Tensor]:
+        # FAKD's class covariance is estimated over the whole run: a resumed run continues the estimate.
+        if not self.args.kd.uses_student_features:
+            return {}
+        return {f"feature_covariance.{k}": v for k, v in self.feature_covariance.state_dict().items()}
+
+    def load_training_state(self, state: dict[str, torch.Tensor]) -> None:
+        if self.args.kd.uses_student_features:
+            prefix = "feature_covariance."
+            self.feature_covariance.load_state_dict({k.removeprefix(prefix): v for k, v in state.items()})
+
+    def preflight_forward(self, model, batch: dict) -> None:
+        # The student on the image, the teacher as it will be run (with a noise generator of its own), and the KD loss
+        # between their logits: a teacher of other classes or resolution fails here.
+        pixel_values, labels = batch["pixel_values"], batch["labels"]
+        student_logits = model(pixel_values=pixel_values).logits
+        teacher_inputs = pixel_values
+        if self.teacher_noiser is not None:
+            generator = torch.Generator(device=labels.device).manual_seed(0)
+            teacher_inputs = build_teacher_inputs(pixel_values, labels, self.teacher_noiser, generator=generator)
+        teacher_logits = self.teacher(pixel_values=teacher_inputs).logits
+        kd = self.args.kd
+        if not kd.uses_student_features:
+            inputs = dict(labels=labels, ignore_index=self.args.ignore_index) if kd.uses_labels else {}
+            kd.function(student_logits, teacher_logits, temperature=self.args.kd_temperature, **inputs)
+
+    def _teacher_name(self) -> str:
+        return self.args.teacher_model_name_or_path or self.teacher_config.name_or_path or "(given in code)"
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         # The student's evaluation, also without labels in its forward: the loss is computed here.

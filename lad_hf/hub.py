@@ -2,11 +2,21 @@
 
 import os
 
-from huggingface_hub import constants
+from huggingface_hub import HfApi, constants
+from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 from transformers import AutoModelForSemanticSegmentation, PreTrainedModel
 
 
-__all__ = ["check_local_path", "is_hub_id", "load_segmentation_model", "looks_local", "not_found_error"]
+__all__ = [
+    "check_hub_ids",
+    "check_local_path",
+    "is_hub_id",
+    "load_segmentation_model",
+    "looks_local",
+    "not_found_error",
+]
+
+HUB_TIMEOUT = 10.0  # seconds for one look-up: an unreachable endpoint fails at once, not after minutes of retries
 
 
 def looks_local(name: str) -> bool:
@@ -51,3 +61,35 @@ def load_segmentation_model(name_or_path: str, what: str = "the model", **kwargs
         return AutoModelForSemanticSegmentation.from_pretrained(name_or_path, **kwargs)
     except (OSError, ValueError) as error:
         raise not_found_error(what, name_or_path, error, "model") from None
+
+
+def check_hub_ids(*items: tuple[str, str | None, str]) -> None:
+    """Look up every Hub id a run will load (`(what, name, repo_type)`; local paths and `None` are skipped), once and
+    before any data is loaded: a missing repo, or an endpoint that cannot be reached, fails in seconds with an error
+    that names the id, the endpoint and the way out, instead of after the loaders' retries. A local path that does not
+    exist fails first, without the network. Offline
+    (`HF_HUB_OFFLINE=1`), the loaders read the local cache and nothing is looked up."""
+    for what, name, repo_type in items:  # a missing local folder needs no network to be named
+        check_local_path(name, what, repo_type)
+    if constants.HF_HUB_OFFLINE:
+        return
+    api = HfApi()
+    for what, name, repo_type in items:
+        if not is_hub_id(name):
+            continue
+        try:
+            api.repo_info(name, repo_type=repo_type, timeout=HUB_TIMEOUT)
+        except RepositoryNotFoundError:
+            raise not_found_error(what, name, None, repo_type) from None
+        except GatedRepoError:
+            raise ValueError(
+                f"{what.capitalize()} '{name}' on {constants.ENDPOINT} is gated: accept its terms on its page and log "
+                "in (`hf auth login`), or give a local folder."
+            ) from None
+        except HfHubHTTPError as error:
+            raise ValueError(f"Could not look up {what} '{name}' on {constants.ENDPOINT}: {error}") from None
+        except Exception as error:  # the HTTP client's transport errors: the endpoint cannot be reached
+            raise ValueError(
+                f"Could not reach {constants.ENDPOINT} to find {what} '{name}' ({type(error).__name__}: {error}). "
+                "Without a network, set HF_HUB_OFFLINE=1 to use what is cached, or give a local folder."
+            ) from None

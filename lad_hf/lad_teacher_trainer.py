@@ -2,6 +2,7 @@
 
 import torch
 
+from .label_channel import build_teacher_inputs
 from .lad_teacher_config import LadTeacherConfig
 from .losses import dual_path_consistency, noise_stability
 from .metrics import SegmentationMetric, predictions_from_logits
@@ -59,6 +60,11 @@ class LadTeacherTrainer(SegmentationTrainer):
             raise TypeError(f"LadTeacherTrainer takes a LadTeacherConfig as args, got {type(args).__name__}.")
         # The noiser is the teacher's own, recorded in its config: the one distillation will use.
         self.noiser = LabelNoiser.from_config(model.config)
+        if self.noiser.num_labels != model.config.num_labels:
+            raise ValueError(
+                f"The teacher's recorded label noiser encodes {self.noiser.num_labels} classes but the teacher "
+                f"predicts {model.config.num_labels}: record a LabelNoiser(num_labels={model.config.num_labels})."
+            )
         if self.noiser.ignore_index != args.ignore_index:
             raise ValueError(
                 f"The teacher's label noiser takes {self.noiser.ignore_index} for unlabelled pixels, the training "
@@ -113,9 +119,18 @@ class LadTeacherTrainer(SegmentationTrainer):
             self.args.consistency_temperature,
             symmetric=self.args.consistency_loss == "cwd_symmetric",
         )
-        loss = loss_seg + self.ramped_consistency_weight() * loss_consistency
+        # Each term's share of the accumulated batch: CE is a mean over labelled pixels, CWD a mean over images.
+        loss = loss_seg * self.pixel_share(labels, num_items_in_batch) + self.ramped_consistency_weight() * (
+            loss_consistency * self.image_share(labels, num_items_in_batch)
+        )
         self.log_loss_components(loss_seg=loss_seg, loss_consistency=loss_consistency)
         return (loss, outputs) if return_outputs else loss
+
+    def preflight_forward(self, model, batch: dict) -> None:
+        # The teacher with a noised label, drawn from a generator of its own: the training noise is untouched.
+        generator = torch.Generator(device=batch["labels"].device).manual_seed(0)
+        inputs = build_teacher_inputs(batch["pixel_values"], batch["labels"], self.noiser, generator=generator)
+        model(pixel_values=inputs, labels=batch["labels"])
 
     def eval_label_channel(self, labels: torch.Tensor, draw: int = 0) -> torch.Tensor:
         """Noised labels for evaluation, drawn per image from its content: the same whatever the batching or the

@@ -38,7 +38,8 @@ class SelfDistillationTrainer(SegmentationTrainer):
     ensembles.
 
     `loss_student`, `loss_experts`, `loss_dped` and `loss_dfed` are logged apart. `save_model` and checkpoints write
-    the student alone (a resumed run starts its experts afresh).
+    the student alone; checkpoints also hold the experts and the adapter (beside the optimizer's state), so that a
+    resumed run repeats the uninterrupted one.
 
     Args:
         model (`LadSegForSemanticSegmentation`): The student, with an FCN, PSP or ASPP head.
@@ -85,11 +86,34 @@ class SelfDistillationTrainer(SegmentationTrainer):
         if adapted.shape[-2:] != target.shape[-2:]:
             adapted = F.interpolate(adapted, size=target.shape[-2:], mode="bilinear", align_corners=False)
         loss_dfed = F.mse_loss(adapted, target)
-        loss = loss_student + loss_experts + self.args.dped_weight * loss_dped + self.args.dfed_weight * loss_dfed
+        # Each term's share of the accumulated batch: CE is a mean over labelled pixels, DPED over labelled pixels of
+        # the logits' grid, DFED over features.
+        dped_share = self.pixel_share(labels, num_items_in_batch, outputs.logits.shape[-2:])
+        loss = (
+            (loss_student + loss_experts) * self.pixel_share(labels, num_items_in_batch)
+            + self.args.dped_weight * loss_dped * dped_share
+            + self.args.dfed_weight * loss_dfed * self.image_share(labels, num_items_in_batch)
+        )
         self.log_loss_components(
             loss_student=loss_student, loss_experts=loss_experts, loss_dped=loss_dped, loss_dfed=loss_dfed
         )
         return (loss, outputs) if return_outputs else loss
+
+    def training_state(self) -> dict[str, torch.Tensor]:
+        # The experts and the adapter are not the deployed model, but a resumed run needs them as they were.
+        model = self.accelerator.unwrap_model(self.model)
+        parts = {"experts": model.experts, "adapter": model.adapter}
+        return {f"{name}.{k}": v for name, part in parts.items() for k, v in part.state_dict().items()}
+
+    def load_training_state(self, state: dict[str, torch.Tensor]) -> None:
+        model = self.accelerator.unwrap_model(self.model)
+        for name in ("experts", "adapter"):
+            part = {k.removeprefix(f"{name}."): v for k, v in state.items() if k.startswith(f"{name}.")}
+            getattr(model, name).load_state_dict(part)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        # Checkpoints hold the student as the deployed model (the experts are in the training state).
+        super()._load_from_checkpoint(resume_from_checkpoint, self.accelerator.unwrap_model(self.model).student)
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         # The deployed model is the student alone: the experts and the adapter are training-time parts.

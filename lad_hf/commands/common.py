@@ -4,18 +4,26 @@ import shutil
 from pathlib import Path
 
 from transformers import AutoImageProcessor, PreTrainedModel
-from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
+from ..checkpoints import last_complete_checkpoint
 from ..configuration_lad_seg import LadSegConfig
 from ..data import PRESETS, SegmentationTransforms, dataset_id2label, load_segmentation_dataset
-from ..hub import load_segmentation_model
+from ..hub import check_hub_ids, load_segmentation_model
 from ..modeling_lad_seg import LadSegForSemanticSegmentation
 from ..segmentation_config import SegmentationConfig
 from .arguments import DataArguments, ModelArguments
 
 
-__all__ = ["build_model", "checkpoint_to_resume", "finish_run", "load_data", "load_image_processor"]
+__all__ = [
+    "build_model",
+    "check_run_hub_ids",
+    "checkpoint_to_resume",
+    "clear_output_dir",
+    "finish_run",
+    "load_data",
+    "load_image_processor",
+]
 
 logger = logging.get_logger(__name__)
 
@@ -30,6 +38,19 @@ def load_image_processor(name_or_path: str | None):
         return AutoImageProcessor.from_pretrained(name_or_path)
     except (OSError, ValueError):
         return None
+
+
+def check_run_hub_ids(model_args: ModelArguments | None, data_args: DataArguments, *more: tuple) -> None:
+    """Look up, before anything is loaded, every Hub id of a run: the model to start from, a pretrained backbone,
+    the dataset (a preset's Hub id) and `more` (`(what, name, repo_type)`, e.g. the teacher)."""
+    dataset = data_args.dataset_name
+    if dataset in PRESETS and data_args.dataset_preset is None:
+        dataset = PRESETS[dataset].hub_id
+    items = [("the dataset", dataset, "dataset"), *more]
+    if model_args is not None:
+        backbone = model_args.backbone if model_args.use_pretrained_backbone else None
+        items += [("the model", model_args.model_name_or_path, "model"), ("the backbone", backbone, "model")]
+    check_hub_ids(*items)
 
 
 def build_model(model_args: ModelArguments, id2label: dict[int, str]) -> PreTrainedModel:
@@ -132,27 +153,33 @@ def _first(dataset, count: int | None, streaming: bool):
 
 
 def checkpoint_to_resume(args: SegmentationConfig) -> str | None:
-    """The checkpoint an unfinished run in `output_dir` resumes from; refuses a finished run unless
-    `overwrite_output_dir`, which clears its checkpoints and results."""
+    """The checkpoint an unfinished run in `output_dir` resumes from (the last one written to the end); refuses a
+    finished run unless `overwrite_output_dir`. Nothing is deleted here: `clear_output_dir` does that, once every
+    check has passed."""
     output_dir = Path(args.output_dir)
-    if not output_dir.is_dir():
-        return None
-    if args.overwrite_output_dir:
-        if args.process_index == 0:
-            for checkpoint in output_dir.glob("checkpoint-*"):
-                shutil.rmtree(checkpoint)
-            for name in (FINISHED_MARKER, "train_results.json", "eval_results.json", "trainer_state.json"):
-                (output_dir / name).unlink(missing_ok=True)
+    if not output_dir.is_dir() or args.overwrite_output_dir:
         return None
     if (output_dir / FINISHED_MARKER).exists():
         raise ValueError(
             f"{output_dir} holds a finished run ({FINISHED_MARKER}). Choose another --output_dir, or pass "
             "--overwrite_output_dir to train over it from scratch."
         )
-    checkpoint = get_last_checkpoint(str(output_dir))
+    checkpoint = last_complete_checkpoint(output_dir)
     if checkpoint is not None:
         logger.warning(f"Resuming the unfinished run in {output_dir} from {checkpoint}.")
     return checkpoint
+
+
+def clear_output_dir(args: SegmentationConfig) -> None:
+    """With `overwrite_output_dir`, remove the checkpoints and results of the run in `output_dir`: the last step
+    before training, after the data, the models and the first batches have been checked."""
+    output_dir = Path(args.output_dir)
+    if not args.overwrite_output_dir or not output_dir.is_dir() or args.process_index != 0:
+        return
+    for checkpoint in output_dir.glob("checkpoint-*"):
+        shutil.rmtree(checkpoint)
+    for name in (FINISHED_MARKER, "train_results.json", "eval_results.json", "trainer_state.json"):
+        (output_dir / name).unlink(missing_ok=True)
 
 
 def finish_run(trainer, train_result, data_args: DataArguments, model_args: ModelArguments) -> dict:

@@ -31,4 +31,5 @@ def main(argv: list[str] | None = None, prog: str = "lad-hf distill") -> dict:
             lora["target_modules"] = lora_args.lora_target_modules
         peft_config = dinov2_lora_config(**lora)
     # The trainer loads the teacher and checks that it predicts the dataset's classes, before training.
-    return train_model(model_args, data_args, args, DistillationTrainer, peft_config=peft_config)
+    teacher = ("the teacher", args.teacher_model_name_or_path, "model")
+    return train_model(model_args, data_args, args, DistillationTrainer, hub_ids=(teacher,), peft_config=peft_config)

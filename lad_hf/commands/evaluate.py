@@ -17,7 +17,7 @@ from ..noising import is_lad_teacher
 from ..segmentation_config import SegmentationConfig
 from ..segmentation_trainer import SegmentationTrainer
 from .arguments import DataArguments, InferenceArguments, ModelArguments, parse_arguments
-from .common import load_data, load_image_processor
+from .common import check_run_hub_ids, load_data, load_image_processor
 
 
 DESCRIPTION = (
@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None, prog: str = "lad-hf evaluate") -> dict:
         raise ValueError("Name the model to evaluate: --model_name_or_path (a Hub id or the folder of a run).")
     if data_args.eval_split is None:
         raise ValueError("Name the split to evaluate on: --eval_split (e.g. validation or test).")
+    check_run_hub_ids(model_args, data_args)
     model = load_segmentation_model(model_args.model_name_or_path)
     image_processor = load_image_processor(model_args.model_name_or_path)
     _, eval_dataset, _ = load_data(data_args, args, image_processor, train=False)

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ..data import SegmentationTransforms
 from ..files import atomic_path
-from ..hub import load_segmentation_model
+from ..hub import check_hub_ids, load_segmentation_model
 from ..inference import segment
 from ..noising import is_lad_teacher
 from ..visualization import class_palette, overlay
@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None, prog: str = "lad-hf predict") -> list[Pa
         raise ValueError("Name the images: --inputs FILE_OR_FOLDER [...].")
     files = find_images(args.inputs)
     check_images(files)
+    check_hub_ids(("the model", args.model_name_or_path, "model"))
     model = load_segmentation_model(args.model_name_or_path).to(args.device).eval()
     if is_lad_teacher(model.config):
         raise ValueError(

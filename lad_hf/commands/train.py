@@ -8,7 +8,15 @@ from ..data import SegmentationCollator
 from ..segmentation_config import SegmentationConfig
 from ..segmentation_trainer import SegmentationTrainer
 from .arguments import DataArguments, ModelArguments, parse_arguments
-from .common import build_model, checkpoint_to_resume, finish_run, load_data, load_image_processor
+from .common import (
+    build_model,
+    check_run_hub_ids,
+    checkpoint_to_resume,
+    clear_output_dir,
+    finish_run,
+    load_data,
+    load_image_processor,
+)
 
 
 DESCRIPTION = "Train a segmentation model on its labels alone: the baseline that LAD's students are compared with."
@@ -20,10 +28,14 @@ def train_model(
     args: SegmentationConfig,
     trainer_class=SegmentationTrainer,
     prepare=None,
+    hub_ids: tuple = (),
     **trainer_kwargs,
 ) -> dict:
-    """What every training command does once its options are parsed: find the checkpoint to resume, load the data,
-    build the model (then `prepare(model, id2label)`, if given), train it with `trainer_class` and save the run."""
+    """What every training command does once its options are parsed: look up the Hub ids (the model's, the
+    dataset's, and `hub_ids`: `(what, name, repo_type)`), find the checkpoint to resume, load the data, build the
+    model (then `prepare(model, id2label)`, if given), check the first batches, train it with `trainer_class` and
+    save the run. An overwritten run is cleared only once all of that has passed."""
+    check_run_hub_ids(model_args, data_args, *hub_ids)
     resume = checkpoint_to_resume(args)
     image_processor = load_image_processor(model_args.model_name_or_path)
     train_dataset, eval_dataset, id2label = load_data(data_args, args, image_processor)
@@ -39,6 +51,8 @@ def train_model(
         processing_class=image_processor,
         **trainer_kwargs,
     )
+    trainer.preflight()  # the first batches and the models, before anything on disk changes
+    clear_output_dir(args)
     result = trainer.train(resume_from_checkpoint=resume)
     return finish_run(trainer, result, data_args, model_args)
 

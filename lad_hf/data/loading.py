@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import re
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -99,6 +100,23 @@ def _open(value: dict) -> PILImage.Image:
     return image
 
 
+def _rgb(image: PILImage.Image, name: str) -> np.ndarray:
+    """An image as `(H, W, 3)` uint8. 16-bit grayscale is scaled to 8 bits (PIL's own conversion clips it to white);
+    other images that are not 8-bit are refused."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        values = np.asarray(image).astype(np.int64)
+        if values.min() < 0 or values.max() > 65535:
+            raise ValueError(
+                f"{name}: a {image.mode} image with values from {values.min()} to {values.max()}, beyond 16 bits: "
+                "store images as 8-bit RGB or grayscale (or 16-bit grayscale)."
+            )
+        gray = (values >> 8).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=-1)
+    if image.mode == "F":
+        raise ValueError(f"{name}: a floating-point image; store images as 8-bit RGB or grayscale.")
+    return np.array(image.convert("RGB"))
+
+
 class SegmentationDecoder:
     """Decodes a batch of undecoded image/label pairs, checks them, remaps labels and optionally transforms them.
 
@@ -120,23 +138,34 @@ class SegmentationDecoder:
         self.lut = lut
         self.transform = transform
         self.skip_corrupt = skip_corrupt
-        self.skipped = 0
+        self.skipped: set[str] = set()
 
     def _decode(self, image_value: dict, label_value: dict, name: str) -> tuple[np.ndarray, np.ndarray] | None:
         try:
             image, label = _open(image_value), _open(label_value)
         except (OSError, UnidentifiedImageError, SyntaxError) as error:
+            # PIL names in-memory files by their object (<_io.BytesIO object at 0x...>): say "its bytes" instead.
+            reason = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "its bytes", str(error))
             if not self.skip_corrupt:
-                raise ValueError(f"Cannot decode {name}: {error}. Remove or repair the file.") from error
-            self.skipped += 1
-            logger.warning(f"Skipped {name}, which cannot be decoded ({error}); {self.skipped} skipped so far.")
+                raise ValueError(f"Cannot decode {name}: {reason}. Remove or repair the file.") from error
+            if name not in self.skipped:  # once per row, not once per epoch
+                self.skipped.add(name)
+                logger.warning(f"Skipped {name}, which cannot be decoded ({reason}); {len(self.skipped)} so far.")
             return None
         if image.size != label.size:
             raise ValueError(
                 f"{name}: the image is {image.size[0]}x{image.size[1]} but its label map {label.size[0]}x"
                 f"{label.size[1]} (width x height); image and label must have the same size."
             )
-        label_ids = np.asarray(label).astype(np.int64)
+        label_ids = np.asarray(label)
+        if label_ids.dtype.kind == "f":
+            if not np.isfinite(label_ids).all() or (label_ids != np.round(label_ids)).any():
+                raise ValueError(
+                    f"{name}: the label map holds floats that are not whole numbers (e.g. "
+                    f"{label_ids[label_ids != np.round(label_ids)].flat[0]:g}), but label maps hold class ids. Store "
+                    "them as integers (a PNG of class ids), not normalised."
+                )
+        label_ids = label_ids.astype(np.int64)
         if label_ids.ndim == 3:  # some datasets store class ids in all three channels of an RGB PNG
             if not (label_ids == label_ids[..., :1]).all():
                 raise ValueError(
@@ -152,7 +181,7 @@ class SegmentationDecoder:
                 check_labels(torch.from_numpy(label_ids)[None], self.num_labels, self.ignore_index)
             except ValueError as error:
                 raise ValueError(f"{name}: {error}") from None
-        return np.array(image.convert("RGB")), label_ids
+        return _rgb(image, name), label_ids
 
     def set_epoch(self, epoch: int) -> None:
         """Pass the training epoch on to the transform, whose augmentation draws depend on it."""
@@ -160,7 +189,7 @@ class SegmentationDecoder:
             self.transform.set_epoch(epoch)
 
     def __call__(self, batch: dict[str, list], indices: list[int] | None = None) -> dict[str, list]:
-        images, labels = [], []
+        images, labels, kept_rows = [], [], []
         rows = batch.get("row", indices)
         for i, (image_value, label_value) in enumerate(zip(batch["image"], batch["label"], strict=True)):
             row = None if rows is None else int(rows[i])
@@ -176,9 +205,15 @@ class SegmentationDecoder:
                 decoded = self.transform(*decoded, index=row) if keyed else self.transform(*decoded)
             images.append(decoded[0])
             labels.append(decoded[1])
-        if self.transform is not None:
-            return {"pixel_values": images, "labels": labels}
-        return {"image": images, "label": labels}
+            kept_rows.append(row)
+        output = (
+            {"pixel_values": images, "labels": labels}
+            if self.transform is not None
+            else {"image": images, "label": labels}
+        )
+        if rows is not None:
+            output["row"] = kept_rows  # names a batch's rows in the trainers' errors
+        return output
 
 
 def _load_raw(name_or_path, split: str, streaming: bool, config_name: str | None, revision: str | None, **kwargs):
@@ -313,7 +348,17 @@ def load_segmentation_dataset(
     ignore_index = 255 if ignore_index is None else ignore_index
 
     with _clear_not_found(name_or_path):
-        raw = _load_raw(name_or_path, split, streaming, config_name, revision, **load_kwargs)
+        try:
+            raw = _load_raw(name_or_path, split, streaming, config_name, revision, **load_kwargs)
+        except ValueError as error:
+            if "split" not in str(error).lower() and "corresponds to no data" not in str(error):
+                raise
+            raise ValueError(
+                f"The dataset '{name_or_path}' has no data in split '{split}' ({error}). Name one of its splits with "
+                "data (--train_split / --eval_split, or no evaluation: --eval_split none)."
+            ) from None
+    if not streaming and len(raw) == 0:
+        raise ValueError(f"Split '{split}' of the dataset '{name_or_path}' holds no rows: name a split with data.")
     columns = list(raw.features) if raw.features is not None else list(next(iter(raw)))
     image_column = _pick(columns, image_column, IMAGE_COLUMNS, "image", name_or_path)
     label_column = _pick(columns, label_column, LABEL_COLUMNS, "label", name_or_path)

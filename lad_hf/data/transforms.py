@@ -154,16 +154,23 @@ class SegmentationTransforms:
 
 
 class SegmentationCollator:
-    """Stacks `pixel_values` and `labels` of equally sized samples into a batch."""
+    """Stacks `pixel_values` and `labels` of equally sized samples into a batch, and their dataset rows (`row`, when
+    the samples carry them) for the trainers' error messages."""
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        sizes = {tuple(f["pixel_values"].shape[-2:]) for f in features}
-        if len(sizes) > 1:
+        sizes = {tuple(torch.as_tensor(f["pixel_values"]).shape[-2:]) for f in features}
+        label_sizes = {tuple(torch.as_tensor(f["labels"]).shape[-2:]) for f in features}
+        if len(sizes) > 1 or len(label_sizes) > 1:
+            which = f"; dataset rows {[int(f['row']) for f in features]}" if all("row" in f for f in features) else ""
             raise ValueError(
-                f"Samples of one batch have different sizes {sorted(sizes)}: crop or resize them to one size "
-                "(SegmentationTransforms with a crop_size)."
+                f"Samples of one batch have different sizes (images {sorted(sizes)}, label maps "
+                f"{sorted(label_sizes)}{which}): crop or resize them to one size (SegmentationTransforms with a "
+                "crop_size)."
             )
-        return {
+        batch = {
             "pixel_values": torch.stack([torch.as_tensor(f["pixel_values"]) for f in features]),
             "labels": torch.stack([torch.as_tensor(f["labels"]) for f in features]),
         }
+        if all("row" in f for f in features):
+            batch["row"] = torch.tensor([int(f["row"]) for f in features])
+        return batch
