@@ -7,7 +7,9 @@ Times, with one student (DeepLabV3-R18, output stride 8), one batch size and one
   (d) a LAD teacher training step, the two noised paths as one batch of 2B (LadTeacherTrainer);
   (e) the same with the two paths as two sequential forwards;
   (f) the label noising module alone (on the 2B labels of a teacher step);
-  (g) SegmentationMetric.update on one evaluation batch, against the evaluation step it belongs to.
+  (g) SegmentationMetric.update on one evaluation batch, against the evaluation step it belongs to;
+  (h) a training step of an STDC2-Seg student, and (i) its LAD distillation step from an STDC1-Seg LAD teacher (the
+      paper's simple-to-complex real-time pairing, Table 7).
 Each is the median of --steps steps after --warmup; every step is forward, backward and an SGD update through the
 trainers' own `training_step`. "autograd MB" is the memory of the tensors the step saves for its backward pass
 (counted with saved-tensor hooks, on any device): a teacher run under no_grad adds nothing to it. On CUDA the peak
@@ -103,8 +105,10 @@ def time_calls(run, device: torch.device, steps: int, warmup: int) -> list[float
     return times
 
 
-def segmenter(backbone: str, num_labels: int, device: torch.device) -> LadSegForSemanticSegmentation:
-    config = LadSegConfig(backbone=backbone, decode_head="aspp", output_stride=8, num_labels=num_labels)
+def segmenter(
+    backbone: str, num_labels: int, device: torch.device, head: str = "aspp"
+) -> LadSegForSemanticSegmentation:
+    config = LadSegConfig(backbone=backbone, decode_head=head, num_labels=num_labels)
     return LadSegForSemanticSegmentation(config).to(device)
 
 
@@ -187,6 +191,16 @@ def main():
         times = time_calls(lambda: noiser(labels_twice, generator=generator), **measure)
         results["f"] = {"seconds": statistics.median(times), "times": times}
 
+        stdc2 = segmenter("stdc2", args.num_labels, device, head="stdc")
+        parameters["STDC2 student"] = stdc2.num_parameters()
+        trainer = SegmentationTrainer(model=stdc2, args=SegmentationConfig(output_dir=out, **settings))
+        results["h"] = measure_step(trainer, batch, **measure)
+        stdc1_teacher = add_label_channel(segmenter("stdc1", args.num_labels, device, head="stdc"), noiser).eval()
+        parameters["STDC1 LAD teacher"] = stdc1_teacher.num_parameters()
+        trainer = DistillationTrainer(model=stdc2, teacher_model=stdc1_teacher, args=distill_args)
+        results["i"] = measure_step(trainer, batch, **measure)
+        del stdc2, stdc1_teacher, trainer
+
         metric = SegmentationMetric(args.num_labels)
         student.eval()
 
@@ -210,6 +224,7 @@ def main():
         "d/e": seconds["d"] / seconds["e"],
         "f/d": seconds["f"] / seconds["d"],
         "g/eval": seconds["g"] / seconds["eval"],
+        "i/h": seconds["i"] / seconds["h"],
     }
     names = {
         "a": "(a) student step",
@@ -220,6 +235,8 @@ def main():
         "f": "(f) label noising module (2B labels)",
         "eval": "evaluation step (forward + metric)",
         "g": "(g) SegmentationMetric.update",
+        "h": "(h) STDC2-Seg student step",
+        "i": "(i) LAD step, STDC1 LAD teacher -> STDC2 student",
     }
     hardware = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     if device.type == "cuda":

@@ -2,9 +2,11 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from transformers import AutoConfig, AutoModelForSemanticSegmentation
+from transformers import AutoBackbone, AutoConfig, AutoModelForSemanticSegmentation
 
+from .configuration_hrnet import HrnetConfig
 from .configuration_lad_seg import LadSegConfig
+from .configuration_stdc import StdcConfig
 from .distillation_config import DistillationConfig
 from .distillation_trainer import DistillationTrainer
 from .label_channel import add_label_channel, build_teacher_inputs
@@ -20,7 +22,9 @@ from .losses import (
     segmentation_cross_entropy,
 )
 from .metrics import SegmentationMetric, predictions_from_logits
+from .modeling_hrnet import HrnetBackbone
 from .modeling_lad_seg import LadSegForSemanticSegmentation, LadSegOutput, LadSegPreTrainedModel
+from .modeling_stdc import StdcBackbone
 from .noising import LabelNoiser
 from .segmentation_config import SegmentationConfig
 from .segmentation_trainer import SegmentationTrainer
@@ -35,10 +39,15 @@ except PackageNotFoundError:  # imported from a source tree that was not install
 
 AutoConfig.register(LadSegConfig.model_type, LadSegConfig, exist_ok=True)
 AutoModelForSemanticSegmentation.register(LadSegConfig, LadSegForSemanticSegmentation, exist_ok=True)
+for _config, _backbone in ((StdcConfig, StdcBackbone), (HrnetConfig, HrnetBackbone)):
+    AutoConfig.register(_config.model_type, _config, exist_ok=True)
+    AutoBackbone.register(_config, _backbone, exist_ok=True)
 
 __all__ = [
     "DistillationConfig",
     "DistillationTrainer",
+    "HrnetBackbone",
+    "HrnetConfig",
     "LabelNoiser",
     "LadSegConfig",
     "LadSegForSemanticSegmentation",
@@ -51,6 +60,8 @@ __all__ = [
     "SegmentationTrainer",
     "SelfDistillationConfig",
     "SelfDistillationTrainer",
+    "StdcBackbone",
+    "StdcConfig",
     "__version__",
     "add_label_channel",
     "apply_lora",

@@ -7,6 +7,9 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig, ResNetConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .configuration_hrnet import HRNET_PRESETS, HrnetConfig
+from .configuration_stdc import STDC_PRESETS, StdcConfig
+
 
 # transformers' ResNet configs matching microsoft/resnet-{18,34,50,101}, so no download is needed to build them.
 RESNET_BACKBONES = {
@@ -15,7 +18,15 @@ RESNET_BACKBONES = {
     "resnet-50": {"layer_type": "bottleneck", "depths": [3, 4, 6, 3], "hidden_sizes": [256, 512, 1024, 2048]},
     "resnet-101": {"layer_type": "bottleneck", "depths": [3, 4, 23, 3], "hidden_sizes": [256, 512, 1024, 2048]},
 }
-DECODE_HEADS = ("fcn", "psp", "aspp", "ocr", "linear")
+# Every backbone a name builds without a download: the ResNets, STDC1/2 (STDCNet813/1446) and HRNetV2 W18-Small,
+# W18 and W48.
+NAMED_BACKBONES = {
+    **{name: (ResNetConfig, settings) for name, settings in RESNET_BACKBONES.items()},
+    **{name: (StdcConfig, settings) for name, settings in STDC_PRESETS.items()},
+    **{name: (HrnetConfig, settings) for name, settings in HRNET_PRESETS.items()},
+}
+DECODE_HEADS = ("fcn", "psp", "aspp", "ocr", "stdc", "linear")
+HEAD_INPUTS = ("last", "concat")
 LINEAR_HEAD_LAYERS = 4  # DINOv2's linear evaluation reads the last 4 layers
 OUTPUT_STRIDES = (8, 16, 32)
 
@@ -27,9 +38,11 @@ class LadSegConfig(PreTrainedConfig):
 
     Args:
         backbone (`str` or `PreTrainedConfig`, *optional*, defaults to `"resnet-18"`):
-            `"resnet-18"`, `"resnet-34"`, `"resnet-50"` or `"resnet-101"` (transformers ResNet configs built without a
-            download), a backbone config object (e.g. `Dinov2Config()`, `ConvNextConfig()`), or a Hub id / local
-            folder whose config is read with `AutoConfig` (its weights too with `use_pretrained_backbone=True`).
+            `"resnet-18"`, `"resnet-34"`, `"resnet-50"` or `"resnet-101"` (transformers ResNet configs), `"stdc1"` or
+            `"stdc2"` (`StdcConfig`), `"hrnet-w18-small"`, `"hrnet-w18"` or `"hrnet-w48"` (`HrnetConfig`), all built
+            without a download; a backbone config object (e.g. `Dinov2Config()`, `ConvNextConfig()`); or a Hub id
+            or local folder whose config is read with `AutoConfig` (its weights too with
+            `use_pretrained_backbone=True`).
         backbone_config (`dict` or `PreTrainedConfig`, *optional*):
             The resolved backbone config; filled from `backbone` and saved with the model.
         use_pretrained_backbone (`bool`, *optional*, defaults to `False`):
@@ -40,9 +53,11 @@ class LadSegConfig(PreTrainedConfig):
             (default 8). Other backbones keep their native stride and take `None`.
         decode_head (`str`, *optional*, defaults to `"aspp"`):
             `"fcn"` (FCN), `"psp"` (PSPNet pyramid pooling), `"aspp"` (DeepLabV3 ASPP with image pooling), `"ocr"`
-            (OCRNet object-contextual head, which reads its soft object regions from the auxiliary head), or
-            `"linear"` (DINOv2's linear evaluation head: batch norm and a 1x1 convolution over the concatenated last
-            4 layers, its logits upsampled to the input; for ViT backbones such as DINOv2).
+            (OCRNet object-contextual head, which reads its soft object regions from the auxiliary head), `"stdc"`
+            (STDC-Seg: attention refinement on the last two stages, a context path, and a feature fusion module with
+            the 1/8 stage; for STDC backbones), or `"linear"` (DINOv2's linear evaluation head: batch norm and a 1x1
+            convolution over the concatenated last 4 layers, its logits upsampled to the input; for ViT backbones
+            such as DINOv2).
         decode_channels (`int`, *optional*):
             Width of the decode head. Defaults follow the paper's code: ASPP 128 on backbones of at most 512 channels
             (R18/R34), else 256; PSP and FCN a quarter of the input channels; OCR 512.
@@ -54,6 +69,13 @@ class LadSegConfig(PreTrainedConfig):
         use_auxiliary_head (`bool`, *optional*): FCN head on the penultimate stage; default `True`, except with the
             `"linear"` head, which has none.
         auxiliary_loss_weight (`float`, *optional*, defaults to 0.4): Weight of its cross-entropy.
+        head_inputs (`str`, *optional*): `"last"`: the decode head reads the last stage, the auxiliary head the one
+            before. `"concat"`: both read all stages, upsampled to the finest and concatenated (HRNetV2's
+            representation; the default for HRNet backbones).
+        use_detail_head (`bool`, *optional*): STDC-Seg's training-only detail head on the 1/8 stage (default: with
+            the `"stdc"` head), trained on the Laplacian boundaries of the labels (`detail_aggregation_loss`) and
+            skipped at inference like the auxiliary head.
+        detail_loss_weight (`float`, *optional*, defaults to 1.0): Weight of its loss.
         num_channels (`int`, *optional*, defaults to 3): Input channels; a LAD teacher has 4 (image + label channel).
         label_noiser (`dict`, *optional*): The `LabelNoiser` settings a LAD teacher was trained with.
         label_stem_channels (`int`, *optional*): A LAD teacher reads its label channel (the last input channel) with
@@ -71,7 +93,12 @@ class LadSegConfig(PreTrainedConfig):
 
     model_type = "lad_seg"
     # The Trainer leaves these out of the predictions it gathers at evaluation.
-    keys_to_ignore_at_inference: ClassVar[list[str]] = ["hidden_states", "auxiliary_logits", "decoder_features"]
+    keys_to_ignore_at_inference: ClassVar[list[str]] = [
+        "hidden_states",
+        "auxiliary_logits",
+        "decoder_features",
+        "detail_logits",
+    ]
     sub_configs_defaults = {"backbone_config": SubConfigSpec(config_class=AutoConfig, model_type="resnet")}
 
     backbone: str | PreTrainedConfig | None = None
@@ -87,6 +114,9 @@ class LadSegConfig(PreTrainedConfig):
     aspp_dropout: float = 0.5
     use_auxiliary_head: bool | None = None
     auxiliary_loss_weight: float = 0.4
+    head_inputs: str | None = None
+    use_detail_head: bool | None = None
+    detail_loss_weight: float = 1.0
     num_channels: int = 3
     label_noiser: dict | None = None
     label_stem_channels: int | None = None
@@ -99,8 +129,9 @@ class LadSegConfig(PreTrainedConfig):
             self.backbone_config = copy.deepcopy(self.backbone_config)
         elif self.backbone_config is None:
             self.backbone = self.backbone or "resnet-18"
-            if self.backbone in RESNET_BACKBONES:
-                self.backbone_config = ResNetConfig(**RESNET_BACKBONES[self.backbone])
+            if self.backbone in NAMED_BACKBONES:
+                config_class, settings = NAMED_BACKBONES[self.backbone]
+                self.backbone_config = config_class(**settings)
             else:
                 self.backbone_config = AutoConfig.from_pretrained(self.backbone)
         super().__post_init__(**kwargs)
@@ -114,7 +145,17 @@ class LadSegConfig(PreTrainedConfig):
             raise ValueError(
                 "decode_head='ocr' reads its object regions from the auxiliary head: keep use_auxiliary_head=True."
             )
-        if self.use_pretrained_backbone and self.backbone in (None, *RESNET_BACKBONES):
+        if self.use_detail_head is None:
+            self.use_detail_head = self.decode_head == "stdc"
+        if self.use_detail_head and self.decode_head != "stdc":
+            raise ValueError("The detail head is STDC-Seg's: use_detail_head=True needs decode_head='stdc'.")
+        if self.head_inputs is None:
+            self.head_inputs = "concat" if self.backbone_config.model_type == "lad_hrnet" else "last"
+        if self.head_inputs not in HEAD_INPUTS:
+            raise ValueError(f"head_inputs must be one of {HEAD_INPUTS}, got {self.head_inputs!r}.")
+        if self.head_inputs == "concat" and self.decode_head in ("stdc", "linear"):
+            raise ValueError(f"decode_head='{self.decode_head}' picks its own inputs: leave head_inputs unset.")
+        if self.use_pretrained_backbone and self.backbone in (None, *NAMED_BACKBONES):
             raise ValueError(
                 "use_pretrained_backbone=True needs `backbone` to name a Hub id or a local folder with weights, "
                 f"e.g. 'microsoft/resnet-18', got {self.backbone!r}."
@@ -133,10 +174,16 @@ class LadSegConfig(PreTrainedConfig):
             )
         if self.label_stem_channels is not None and self.num_channels < 2:
             raise ValueError("label_stem_channels needs the label as the last of at least 2 input channels.")
-        # The heads read the last stage, the auxiliary head the one before it; the linear head the last 4 layers.
+        # The heads read the last stage, the auxiliary head the one before it; the linear head the last 4 layers; the
+        # STDC head the last 3 (1/8, 1/16, 1/32); with head_inputs="concat", every stage.
         stages = self.backbone_config.stage_names
+        outputs = [s for s in stages if s != "stem"]
         if self.decode_head == "linear":
-            self.backbone_config.out_features = [s for s in stages if s != "stem"][-LINEAR_HEAD_LAYERS:]
+            self.backbone_config.out_features = outputs[-LINEAR_HEAD_LAYERS:]
+        elif self.decode_head == "stdc":
+            self.backbone_config.out_features = outputs[-3:]
+        elif self.head_inputs == "concat":
+            self.backbone_config.out_features = outputs
         else:
             self.backbone_config.out_features = stages[-2:]
         self.backbone_config.num_channels = self.num_channels

@@ -14,7 +14,7 @@ from .hub import load_segmentation_model
 from .label_channel import build_teacher_inputs
 from .labels import resize_labels
 from .lora import apply_lora
-from .losses import segmentation_cross_entropy
+from .losses import detail_aggregation_loss, segmentation_cross_entropy
 from .modeling_lad_seg import LadSegPreTrainedModel
 from .noising import LabelNoiser, is_lad_teacher
 from .segmentation_trainer import SegmentationTrainer
@@ -147,6 +147,7 @@ class DistillationTrainer(SegmentationTrainer):
                 f"classes but predicts {self.teacher_config.num_labels}: its config is inconsistent; re-record its "
                 "noiser (config.label_noiser) with the teacher's class count."
             )
+        self.student_config = model.config
         self.auxiliary_loss_weight = (
             args.auxiliary_loss_weight
             if args.auxiliary_loss_weight is not None
@@ -213,12 +214,16 @@ class DistillationTrainer(SegmentationTrainer):
         self._hooked_features = inputs[0]
 
     def task_loss(self, outputs, labels: torch.Tensor) -> torch.Tensor:
-        """The student's cross-entropy, plus its auxiliary head's where it returns `auxiliary_logits`."""
+        """The student's cross-entropy, plus its auxiliary head's where it returns `auxiliary_logits`, and STDC-Seg's
+        detail loss where it returns `detail_logits`: the loss the student computes itself, given its labels."""
         loss = segmentation_cross_entropy(outputs.logits, labels, self.args.ignore_index)
         auxiliary_logits = outputs.get("auxiliary_logits")
         if auxiliary_logits is not None and self.auxiliary_loss_weight > 0:
             auxiliary = segmentation_cross_entropy(auxiliary_logits, labels, self.args.ignore_index)
             loss = loss + self.auxiliary_loss_weight * auxiliary
+        detail_logits = outputs.get("detail_logits")
+        if detail_logits is not None:
+            loss = loss + self.student_config.detail_loss_weight * detail_aggregation_loss(detail_logits, labels)
         return loss
 
     @torch.no_grad()

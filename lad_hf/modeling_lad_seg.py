@@ -1,7 +1,8 @@
-"""The LAD paper's segmentation models (FCN, PSPNet, DeepLabV3, OCRNet) on any transformers backbone.
+"""The LAD paper's segmentation models (FCN, PSPNet, DeepLabV3, OCRNet, STDC-Seg) on any transformers backbone.
 
 Architectures follow the code the paper builds on (CIRKD): dilated ResNets with output stride 8, PSP bins 1/2/3/6,
-ASPP rates 12/24/36 with image pooling, and an FCN auxiliary head on the penultimate stage (loss weight 0.4).
+ASPP rates 12/24/36 with image pooling, and an FCN auxiliary head on the penultimate stage (loss weight 0.4); STDC-Seg
+follows its authors' code (see `STDCHead`), OCRNet on HRNetV2 mmsegmentation's (`head_inputs="concat"`).
 """
 
 import math
@@ -18,7 +19,7 @@ from transformers.modeling_outputs import SemanticSegmenterOutput
 from .configuration_lad_seg import LadSegConfig
 from .input_stem import attach_label_stem
 from .labels import check_labels
-from .losses import segmentation_cross_entropy
+from .losses import detail_aggregation_loss, segmentation_cross_entropy
 
 
 @dataclass
@@ -30,10 +31,13 @@ class LadSegOutput(SemanticSegmenterOutput):
     decoder_features (`torch.FloatTensor` of shape `(batch_size, channels, height, width)`, *optional*):
         The decode head's last features, the input of its 1x1 classifier (what feature-based KD losses such as FAKD
         read), returned with `output_hidden_states=True`.
+    detail_logits (`torch.FloatTensor` of shape `(batch_size, 1, height, width)`, *optional*):
+        The detail head's boundary logits (STDC-Seg), returned in training mode and with labels.
     """
 
     auxiliary_logits: torch.FloatTensor | None = None
     decoder_features: torch.FloatTensor | None = None
+    detail_logits: torch.FloatTensor | None = None
 
 
 class ConvBNReLU(nn.Sequential):
@@ -75,10 +79,18 @@ class DecodeHead(nn.Module):
 class FCNHead(DecodeHead):
     """3x3 conv, dropout, 1x1 classifier on one feature map (FCN; also the auxiliary head, on the penultimate)."""
 
-    def __init__(self, in_channels: int, channels: int, num_labels: int, dropout: float, in_index: int = -1):
+    def __init__(
+        self,
+        in_channels: int,
+        channels: int,
+        num_labels: int,
+        dropout: float,
+        in_index: int = -1,
+        kernel_size: int = 3,
+    ):
         super().__init__()
         self.in_index = in_index
-        self.conv = ConvBNReLU(in_channels, channels, 3)
+        self.conv = ConvBNReLU(in_channels, channels, kernel_size)
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(channels, num_labels, 1)
 
@@ -189,6 +201,69 @@ class ObjectContextHead(DecodeHead):
         return self.dropout(self.fuse(torch.cat([self.out(context), pixels], dim=1)))
 
 
+class AttentionRefinementModule(nn.Module):
+    """BiSeNet's ARM: a 3x3 convolution whose channels are re-weighted by an attention from their global average."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = ConvBNReLU(in_channels, out_channels, 3)
+        self.conv_atten = nn.Conv2d(out_channels, out_channels, 1, bias=False)
+        self.bn_atten = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.conv(x)
+        return features * self.bn_atten(self.conv_atten(features.mean((2, 3), keepdim=True))).sigmoid()
+
+
+class FeatureFusionModule(nn.Module):
+    """BiSeNet's FFM: the spatial and the context features concatenated, a 1x1 convolution, then a channel attention
+    added back to its input."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.convblk = ConvBNReLU(in_channels, out_channels, 1)
+        self.conv1 = nn.Conv2d(out_channels, out_channels // 4, 1, bias=False)
+        self.conv2 = nn.Conv2d(out_channels // 4, out_channels, 1, bias=False)
+
+    def forward(self, spatial: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        features = self.convblk(torch.cat([spatial, context], dim=1))
+        attention = self.conv2(F.relu(self.conv1(features.mean((2, 3), keepdim=True)))).sigmoid()
+        return features * attention + features
+
+
+class STDCHead(DecodeHead):
+    """STDC-Seg's head on the backbone's 1/8, 1/16 and 1/32 stages (Fan et al., CVPR 2021, after BiSeNet): the context
+    path refines the 1/32 stage plus its global average (ARM), upsamples it onto the refined 1/16 stage, and that onto
+    the 1/8 grid; the feature fusion module joins it with the 1/8 stage; a 3x3 convolution and the classifier follow.
+    Widths are STDC-Seg's (context 128, fusion `decode_channels`, 256 by default). Where lad_hf differs: one FCN
+    auxiliary head on the 1/16 stage, as for the zoo's other heads, where STDC-Seg puts two on its context path;
+    cross-entropy instead of OHEM; dropout before the classifier (`config.dropout`)."""
+
+    def __init__(self, channels: list[int], width: int, num_labels: int, dropout: float, context: int = 128):
+        super().__init__()
+        c8, c16, c32 = channels
+        self.arm16 = AttentionRefinementModule(c16, context)
+        self.arm32 = AttentionRefinementModule(c32, context)
+        self.conv_head32 = ConvBNReLU(context, context, 3)
+        self.conv_head16 = ConvBNReLU(context, context, 3)
+        self.conv_avg = ConvBNReLU(c32, context, 1)
+        self.ffm = FeatureFusionModule(c8 + context, width)
+        self.conv = ConvBNReLU(width, width, 3)
+        self.dropout = nn.Dropout2d(dropout)
+        self.classifier = nn.Conv2d(width, num_labels, 1)
+
+    @classmethod
+    def from_config(cls, config: LadSegConfig, channels: list[int]) -> "STDCHead":
+        return cls(channels[-3:], config.decode_channels or 256, config.num_labels, config.dropout)
+
+    def decode(self, features, object_regions=None):
+        f8, f16, f32 = features[-3:]
+        f32_sum = self.arm32(f32) + self.conv_avg(f32.mean((2, 3), keepdim=True))
+        f32_up = self.conv_head32(F.interpolate(f32_sum, size=f16.shape[-2:], mode="nearest"))
+        f16_up = self.conv_head16(F.interpolate(self.arm16(f16) + f32_up, size=f8.shape[-2:], mode="nearest"))
+        return self.dropout(self.conv(self.ffm(f8, f16_up)))
+
+
 class LinearHead(DecodeHead):
     """DINOv2's linear evaluation head: batch norm and a 1x1 classifier over all the feature maps, concatenated."""
 
@@ -214,6 +289,7 @@ HEAD_CLASSES = {
     "psp": PyramidPoolingHead,
     "aspp": ASPPHead,
     "ocr": ObjectContextHead,
+    "stdc": STDCHead,
     "linear": LinearHead,
 }
 
@@ -266,7 +342,8 @@ class LadSegForSemanticSegmentation(LadSegPreTrainedModel):
     the resolution of the last backbone stage (1/8 of the input for the default dilated ResNets), like Segformer's;
     upsample them for predictions. The `"linear"` head's logits are upsampled to the input already. ViT backbones
     (DINOv2) get their input resized to the nearest multiple of their patch size. With `labels`, `loss` is the
-    cross-entropy of the upsampled logits plus `auxiliary_loss_weight` times that of the auxiliary head.
+    cross-entropy of the upsampled logits plus `auxiliary_loss_weight` times that of the auxiliary head, and, for
+    STDC-Seg, `detail_loss_weight` times its detail loss (`losses.detail_aggregation_loss`).
     """
 
     def __init__(self, config: LadSegConfig):
@@ -277,10 +354,20 @@ class LadSegForSemanticSegmentation(LadSegPreTrainedModel):
         # ViT backbones read patches: inputs are resized to a multiple of the patch size.
         self.patch_size = getattr(config.backbone_config, "patch_size", None)
         channels = list(self.backbone.channels)
+        if config.head_inputs == "concat":  # one map: every stage at the finest resolution (HRNetV2's)
+            channels = [sum(channels)]
         self.decode_head = HEAD_CLASSES[config.decode_head].from_config(config, channels)
-        self.auxiliary_head = (
-            FCNHead(channels[-2], channels[-2] // 4, config.num_labels, config.dropout, in_index=-2)
-            if config.use_auxiliary_head
+        self.auxiliary_head = None
+        if config.use_auxiliary_head and config.head_inputs == "concat":  # as mmsegmentation's OCRNet on HRNet
+            self.auxiliary_head = FCNHead(channels[-1], channels[-1], config.num_labels, config.dropout, kernel_size=1)
+        elif config.use_auxiliary_head:
+            self.auxiliary_head = FCNHead(
+                channels[-2], channels[-2] // 4, config.num_labels, config.dropout, in_index=-2
+            )
+        # STDC-Seg's detail head on the 1/8 stage: 3x3 convolution to 64, 1x1 to one boundary logit.
+        self.detail_head = (
+            nn.Sequential(ConvBNReLU(channels[-3], 64, 3), nn.Conv2d(64, 1, 1, bias=False))
+            if config.use_detail_head
             else None
         )
         self.post_init()
@@ -341,12 +428,25 @@ class LadSegForSemanticSegmentation(LadSegPreTrainedModel):
             snapped = [max(1, round(side / self.patch_size)) * self.patch_size for side in size]
             pixel_values = F.interpolate(pixel_values, size=snapped, mode="bilinear", align_corners=False)
         features = list(self.backbone(pixel_values).feature_maps)
-        auxiliary_logits = None
+        hidden_states = tuple(features)
+        if self.config.head_inputs == "concat":
+            features = [
+                torch.cat(
+                    [
+                        F.interpolate(f, size=features[0].shape[-2:], mode="bilinear", align_corners=False)
+                        for f in features
+                    ],
+                    dim=1,
+                )
+            ]
+        auxiliary_logits = detail_logits = None
         # Inference skips the auxiliary head unless the decode head reads it (OCR) or a loss needs it.
         if self.auxiliary_head is not None and (
             self.training or labels is not None or self.decode_head.reads_object_regions
         ):
             auxiliary_logits = self.auxiliary_head(features)
+        if self.detail_head is not None and (self.training or labels is not None):  # training only, as the auxiliary
+            detail_logits = self.detail_head(features[-3])
         decoder_features = self.decode_head.decode(features, auxiliary_logits)
         logits = self.decode_head.classifier(decoder_features)
         if self.decode_head.logits_at_input_size:
@@ -359,13 +459,16 @@ class LadSegForSemanticSegmentation(LadSegPreTrainedModel):
             if auxiliary_logits is not None:
                 weight = self.config.auxiliary_loss_weight
                 loss = loss + weight * segmentation_cross_entropy(auxiliary_logits, labels, ignore_index)
+            if detail_logits is not None:
+                loss = loss + self.config.detail_loss_weight * detail_aggregation_loss(detail_logits, labels)
 
         output = LadSegOutput(
             loss=loss,
             logits=logits,
-            hidden_states=tuple(features) if output_hidden_states else None,
+            hidden_states=hidden_states if output_hidden_states else None,
             auxiliary_logits=auxiliary_logits,
             decoder_features=decoder_features if output_hidden_states else None,
+            detail_logits=detail_logits,
         )
         return output if return_dict else output.to_tuple()
 

@@ -11,13 +11,28 @@ from transformers import (
 )
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
-from lad_hf import LadSegConfig, LadSegForSemanticSegmentation, segmentation_cross_entropy
+from lad_hf import HrnetConfig, LadSegConfig, LadSegForSemanticSegmentation, StdcConfig, segmentation_cross_entropy
 
 
 def tiny_resnet(layer_type: str = "basic") -> ResNetConfig:
     """A 4-stage ResNet a few channels wide, the shape of resnet-18/50."""
     hidden_sizes = [8, 8, 16, 16] if layer_type == "basic" else [16, 16, 32, 32]
     return ResNetConfig(embedding_size=8, hidden_sizes=hidden_sizes, depths=[1, 1, 1, 1], layer_type=layer_type)
+
+
+def tiny_stdc(layers=(1, 1, 1)) -> StdcConfig:
+    """STDCNet with stages 8-128 channels wide (STDC1 has `layers` (2, 2, 2), STDC2 (4, 5, 3))."""
+    return StdcConfig(base_channels=8, layers=list(layers))
+
+
+def tiny_hrnet() -> HrnetConfig:
+    """HRNet with one module of one block per branch, branches 4-32 channels wide."""
+    return HrnetConfig(
+        stem_channels=8,
+        stage_modules=[1, 1, 1, 1],
+        stage_blocks=[[1], [1, 1], [1, 1, 1], [1, 1, 1, 1]],
+        stage_channels=[[8], [4, 8], [4, 8, 16], [4, 8, 16, 32]],
+    )
 
 
 def tiny_dinov2() -> Dinov2Config:

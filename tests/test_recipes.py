@@ -42,8 +42,12 @@ DINOV2_RECIPE = CONFIGS / "voc_dinov2_small_lora_distill.yaml"
 SDES_RECIPE = CONFIGS / "cityscapes_deeplabv3_r18_sdes.yaml"
 # DeepLabV3 on transformers' MobileNetV2 from the ImageNet classifier google/mobilenet_v2_1.0_224 (not the paper's).
 MOBILENET_RECIPES = sorted(CONFIGS.glob("voc_deeplabv3_mobilenetv2_*.yaml"))
+# The paper's STDC and OCRNet-HRNet setups (Tables 4 and 7).
+ZOO_RECIPES = sorted([*CONFIGS.glob("cityscapes_stdc*.yaml"), *CONFIGS.glob("*_ocrnet_*.yaml")])
 RECIPES = sorted(
-    p for p in CONFIGS.glob("*.yaml") if p not in (DINOV2_RECIPE, SDES_RECIPE) and p not in MOBILENET_RECIPES
+    p
+    for p in CONFIGS.glob("*.yaml")
+    if p not in (DINOV2_RECIPE, SDES_RECIPE) and p not in MOBILENET_RECIPES and p not in ZOO_RECIPES
 )
 NAME = re.compile(
     r"(?P<dataset>[a-z0-9]+)_(?P<arch>[a-z0-9]+)_r(?P<depth>\d+)_(?P<role>teacher|baseline|distill|cwd_\w+)"
@@ -293,3 +297,79 @@ def test_mobilenet_v2_recipes_start_from_the_imagenet_classifier(path):
             add_label_channel(model, others[0].label_noiser(preset.num_labels, args.ignore_index))
     assert model.config.num_labels == preset.num_labels
     assert model.config.num_channels == (4 if role == "teacher" else 3)
+
+
+# Table 4 (None / CWD / LAD) and Table 7 (teacher -> student), with the conventional teachers of Table 4.
+ZOO_PAPER = {
+    "stdc1": ("stdc1", "stdc", "cwd_r101", "cityscapes_deeplabv3_r101_baseline"),
+    "stdc2": ("stdc2", "stdc", "cwd_r101", "cityscapes_deeplabv3_r101_baseline"),
+    "ocrnet_w18s": ("hrnet-w18-small", "ocr", "cwd_w48", "cityscapes_ocrnet_w48_baseline"),
+    "ocrnet_w18": ("hrnet-w18", "ocr", "cwd_w48", "cityscapes_ocrnet_w48_baseline"),
+}
+
+
+def zoo_recipe_parts(path: Path) -> tuple[str, str]:
+    """(model, role) of a zoo recipe: `cityscapes_{model}_{role}.yaml`."""
+    match = re.fullmatch(r"(cityscapes|voc)_(stdc[12]|ocrnet_w18s|ocrnet_w18|ocrnet_w48)_(.+)", path.stem)
+    assert match, path.name
+    return match.group(2), match.group(3)
+
+
+def test_zoo_recipes_cover_tables_4_and_7():
+    expected = {
+        f"cityscapes_{model}_{role}"
+        for model, (*_, cwd, _) in ZOO_PAPER.items()
+        for role in ("teacher", "baseline", "distill", cwd)
+    }
+    expected |= {
+        "cityscapes_ocrnet_w48_baseline",
+        "cityscapes_stdc2_distill_from_stdc1",
+        "cityscapes_stdc1_distill_from_stdc2",
+        "voc_ocrnet_w48_teacher",  # the DINOv2 experiment's teacher
+    }
+    assert {p.stem for p in ZOO_RECIPES} == expected
+
+
+@pytest.mark.parametrize("path", ZOO_RECIPES, ids=lambda p: p.stem)
+def test_zoo_recipe_parses_and_builds_its_model(path):
+    model, role = zoo_recipe_parts(path)
+    kind = "teacher" if role == "teacher" else "baseline" if role == "baseline" else "distill"
+    command, script, classes = COMMANDS[kind]
+    model_args, data_args, args, *others, raw = parse_arguments(
+        (ModelArguments, DataArguments, *classes), ["--config", str(path)], "lad-hf", "recipe test"
+    )
+    header = "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))
+    assert f"lad-hf {command} --config configs/{path.name}" in header and f"scripts/{script}" in header
+    voc = path.stem.startswith("voc_")
+    assert data_args.dataset_name == ("pascal_voc_aug" if voc else "cityscapes")
+    assert data_args.crop_size == ([512, 512] if voc else [512, 1024])
+    assert args.output_dir == f"runs/{path.stem}" and args.max_steps in (40000, 60000, 80000)
+    backbone, head = {**ZOO_PAPER, "ocrnet_w48": ("hrnet-w48", "ocr")}[model][:2]
+    assert model_args.backbone == backbone and model_args.decode_head == head
+    if kind == "teacher":
+        assert others[0].label_noise_alpha == 0.01 and args.consistency_weight == 1.0  # [P] Sec. 4.1
+    if kind == "distill":
+        assert args.kd_loss == "cwd" and args.kd_weight == 3.0  # [P] Sec. 4.1
+        teacher = args.teacher_model_name_or_path.removeprefix("runs/")
+        assert (CONFIGS / f"{teacher}.yaml").is_file()  # a recipe trains the teacher
+        if role.startswith("cwd"):
+            assert teacher == ZOO_PAPER[model][3]
+        elif role == "distill":
+            assert teacher == f"cityscapes_{model}_teacher"  # LAD: the student's own model, with the label
+        else:  # Table 7: the other STDC's LAD teacher
+            assert teacher == f"cityscapes_{role.removeprefix('distill_from_')}_teacher"
+    preset = PRESETS[data_args.dataset_name]
+    config = LadSegConfig(
+        backbone=model_args.backbone,
+        decode_head=model_args.decode_head,
+        decode_channels=model_args.decode_channels,
+        id2label=preset.id2label,
+    )
+    with torch.device("meta"):
+        built = LadSegForSemanticSegmentation(config)
+        if kind == "teacher":
+            add_label_channel(built, others[0].label_noiser(preset.num_labels, args.ignore_index))
+    assert built.config.num_labels == preset.num_labels and built.config.num_channels == (
+        4 if kind == "teacher" else 3
+    )
+    assert (built.detail_head is not None) == (head == "stdc")
