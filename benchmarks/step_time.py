@@ -9,7 +9,10 @@ Times, with one student (DeepLabV3-R18, output stride 8), one batch size and one
   (f) the label noising module alone (on the 2B labels of a teacher step);
   (g) SegmentationMetric.update on one evaluation batch, against the evaluation step it belongs to;
   (h) a training step of an STDC2-Seg student, and (i) its LAD distillation step from an STDC1-Seg LAD teacher (the
-      paper's simple-to-complex real-time pairing, Table 7).
+      paper's simple-to-complex real-time pairing, Table 7);
+  (j)-(m) the distillation step of the paper's comparison methods from the same R101 teacher as (c): SKD, IFVD (both
+      with their discriminator's step), CIRKD (with its memory at its code's sizes) and MasKD (the second stage: the
+      tokens' first stage is a one-off). Their ratios to (c) are the paper's Dtime column (Table 1) over CWD's.
 Each is the median of --steps steps after --warmup; every step is forward, backward and an SGD update through the
 trainers' own `training_step`. "autograd MB" is the memory of the tensors the step saves for its backward pass
 (counted with saved-tensor hooks, on any device): a teacher run under no_grad adds nothing to it. On CUDA the peak
@@ -50,6 +53,9 @@ from lad_hf.files import write_json
 
 
 TARGETS = {"b/c": 0.65, "b/a": 1.45, "d/e": 0.95, "f/d": 0.01, "g/eval": 0.05}
+# Table 1's Dtime over CWD's (415 ms on a V100 at 512x1024): SKD 780, IFVD 1018, CIRKD 1295, MasKD 846, LAD 270 ms.
+PAPER = {"b/c": 270 / 415, "j/c": 780 / 415, "k/c": 1018 / 415, "l/c": 1295 / 415, "m/c": 846 / 415}
+METHOD_ROWS = {"j": "skd", "k": "ifvd", "l": "cirkd", "m": "maskd"}
 
 
 class SequentialPathsTeacherTrainer(LadTeacherTrainer):
@@ -179,6 +185,10 @@ def main():
         parameters["R101 teacher"] = big_teacher.num_parameters()
         trainer = DistillationTrainer(model=student, teacher_model=big_teacher, args=distill_args)
         results["c"] = measure_step(trainer, batch, **measure)
+        for key, method in METHOD_ROWS.items():
+            method_args = DistillationConfig(output_dir=out, kd_loss=method, **settings)
+            trainer = DistillationTrainer(model=student, teacher_model=big_teacher, args=method_args)
+            results[key] = measure_step(trainer, batch, **measure)
         del big_teacher, trainer
 
         teacher = add_label_channel(segmenter("resnet-18", args.num_labels, device), noiser)
@@ -225,6 +235,7 @@ def main():
         "f/d": seconds["f"] / seconds["d"],
         "g/eval": seconds["g"] / seconds["eval"],
         "i/h": seconds["i"] / seconds["h"],
+        **{f"{key}/c": seconds[key] / seconds["c"] for key in METHOD_ROWS},
     }
     names = {
         "a": "(a) student step",
@@ -237,6 +248,10 @@ def main():
         "g": "(g) SegmentationMetric.update",
         "h": "(h) STDC2-Seg student step",
         "i": "(i) LAD step, STDC1 LAD teacher -> STDC2 student",
+        "j": "(j) SKD step from the R101 teacher",
+        "k": "(k) IFVD step from the R101 teacher",
+        "l": "(l) CIRKD step from the R101 teacher",
+        "m": "(m) MasKD step from the R101 teacher",
     }
     hardware = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     if device.type == "cuda":
@@ -254,7 +269,8 @@ def main():
     for key, value in ratios.items():
         target = TARGETS.get(key)
         verdict = "" if target is None else f"  target <= {target:g}: {'met' if value <= target else 'MISSED'}"
-        print(f"{key:<8}{value:>8.3f}{verdict}")
+        paper = f"  paper (Dtime, V100) {PAPER[key]:.2f}" if key in PAPER else ""
+        print(f"{key:<8}{value:>8.3f}{verdict}{paper}")
 
     result = {
         "hardware": hardware,
@@ -269,6 +285,7 @@ def main():
         "results": results,
         "ratios": ratios,
         "targets": TARGETS,
+        "paper_ratios": PAPER,
     }
     write_json(args.output, result, indent=2)
 

@@ -5,7 +5,7 @@ import importlib
 import sys
 
 from . import __version__
-from .demo import DemoSettings
+from .demo import METHOD_RUNS, DemoSettings
 
 
 # Commands whose options are dataclass fields read by HfArgumentParser (`lad-hf COMMAND --help` lists them).
@@ -75,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--methods",
         nargs="+",
         default=[],
-        choices=["fakd", "lad_fakd", "sdes"],
-        help="Add rows on the same student and budget: FAKD from the big teacher, LAD + FAKD, SDES.",
+        choices=list(METHOD_RUNS),
+        help="Add rows on the same student and budget: FAKD from the big teacher, LAD + FAKD, SDES, and the "
+        "paper's comparison methods SKD, IFVD, CIRKD and MasKD from the big teacher.",
     )
 
     study = commands.add_parser(

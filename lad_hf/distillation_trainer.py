@@ -1,23 +1,27 @@
 """Distilling a frozen teacher into a student that sees only the image (paper Eq. 8)."""
 
 import contextlib
+import itertools
 import os
 
 import torch
 from peft import LoraConfig, PeftConfig, PeftModel
-from transformers import PreTrainedModel
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, TrainerCallback
 from transformers.utils import logging
 
+from .checkpoints import last_complete_checkpoint
 from .distillation_config import DistillationConfig
 from .fakd import ClassFeatureCovariance, augmentation_variance, cosine_ratio
 from .hub import load_segmentation_model
+from .kd_methods import MasKDObjective
 from .label_channel import build_teacher_inputs
 from .labels import resize_labels
 from .lora import apply_lora
-from .losses import detail_aggregation_loss, segmentation_cross_entropy
+from .losses import detail_aggregation_loss, pixel_wise_divergence, segmentation_cross_entropy
 from .modeling_lad_seg import LadSegPreTrainedModel
 from .noising import LabelNoiser, is_lad_teacher
-from .segmentation_trainer import SegmentationTrainer
+from .segmentation_trainer import TRAINING_STATE_NAME, SegmentationTrainer, content_generator
 
 
 __all__ = ["DistillationTrainer"]
@@ -52,14 +56,16 @@ def _base_model(model):
     return model.get_base_model() if isinstance(model, PeftModel) else model
 
 
-def _student_classifier(model) -> torch.nn.Conv2d:
-    """The student's final classifier, a 1x1 convolution at `decode_head.classifier` (lad_hf models, Segformer)."""
+def _classifier(model, who: str, kd_loss: str) -> torch.nn.Conv2d:
+    """A model's final classifier, a 1x1 convolution at `decode_head.classifier` (lad_hf models, Segformer), whose
+    input is the feature map that feature-based KD losses read."""
     base = _base_model(model)
     classifier = getattr(getattr(base, "decode_head", None), "classifier", None)
     if not isinstance(classifier, torch.nn.Conv2d) or classifier.kernel_size != (1, 1):
         raise ValueError(
-            f"FAKD augments the features of the student's classifier, a 1x1 Conv2d at decode_head.classifier; "
-            f"{type(base).__name__} has none. Use kd_loss='cwd' or 'pixel_kd' with this student."
+            f"kd_loss={kd_loss!r} reads the features of the {who}'s classifier, a 1x1 Conv2d at "
+            f"decode_head.classifier; {type(base).__name__} has none. Use kd_loss='cwd', 'pixel_kd' or 'maskd' with "
+            f"this {who}."
         )
     return classifier
 
@@ -73,6 +79,13 @@ class DistillationTrainer(SegmentationTrainer):
     noiser (a LAD teacher), the teacher reads the image plus the batch's labels noised with it, exactly as it was
     trained; otherwise it is a conventional teacher on the image. `KD` is one of `KD_LOSSES` (`args.kd_loss`).
     `loss_task` and `loss_kd` are logged apart.
+
+    The comparison methods of the paper (`skd`, `ifvd`, `cirkd`, `maskd`; `lad_hf.kd_methods`) are objectives that
+    also read both models' classifier features (lad_hf models return them; another model's are read by a hook on its
+    `decode_head.classifier`): `KD` is then the sum of their terms, each logged apart. What they train besides the
+    student stays out of it and out of the saved model, and is kept in checkpoints: CIRKD's projection head (trained
+    by the student's optimizer) and memory, SKD's and IFVD's discriminator (its own optimizer step after each
+    training step), MasKD's tokens (trained on the frozen teacher in a first stage, at the start of `train()`).
 
     The teacher is prepared with `accelerator.prepare_model(..., evaluation_mode=True)`, kept in `eval()` without
     gradients and run under `no_grad`. Trainer checkpoints do not hold it: a resumed run reloads it from its source.
@@ -153,14 +166,33 @@ class DistillationTrainer(SegmentationTrainer):
             if args.auxiliary_loss_weight is not None
             else getattr(model.config, "auxiliary_loss_weight", 0.0)
         )
-        if args.kd.uses_student_features:
-            self.student_classifier = _student_classifier(model)
-            self.feature_covariance = ClassFeatureCovariance(
-                model.config.num_labels, self.student_classifier.in_channels, args.ignore_index
-            ).to(self.args.device)
+        kd = args.kd
+        if kd.uses_student_features:
+            self.student_classifier = _classifier(model, "student", args.kd_loss)
             # lad_hf models return their classifier's input; other models' is kept by a hook while training runs.
             self.student_returns_features = isinstance(_base_model(model), LadSegPreTrainedModel)
             self._hooked_features = None
+        if kd.function is not None and kd.uses_student_features:
+            self.feature_covariance = ClassFeatureCovariance(
+                model.config.num_labels, self.student_classifier.in_channels, args.ignore_index
+            ).to(self.args.device)
+        if kd.uses_teacher_features:
+            teacher_base = self.accelerator.unwrap_model(self.teacher)
+            self.teacher_classifier = _classifier(teacher_base, "teacher", args.kd_loss)
+            self.teacher_returns_features = isinstance(teacher_base, LadSegPreTrainedModel)
+        self.kd_objective = None
+        if kd.objective is not None:
+            self.kd_objective = kd.objective.from_args(
+                args,
+                model.config.num_labels,
+                self.student_classifier.in_channels if kd.uses_student_features else None,
+                self.teacher_classifier.in_channels if kd.uses_teacher_features else None,
+            ).to(self.args.device)
+            if self.accelerator.num_processes > 1 and hasattr(self.kd_objective, "gather"):
+                self.kd_objective.gather = self._gather_padded
+            if self.kd_objective.student_parameters():
+                self.add_callback(_ZeroGradients(self.kd_objective.student_parameters()))
+        self._adversarial_logits = None
 
     @staticmethod
     def _save_lora_base(model: PreTrainedModel, args: DistillationConfig) -> PreTrainedModel:
@@ -184,9 +216,10 @@ class DistillationTrainer(SegmentationTrainer):
             "task (cross-entropy) weight": self.args.task_weight,
             **(
                 {"FAKD ratio": self.args.fakd_ratio, "FAKD warm-up steps": self.args.fakd_warmup_steps or "the run"}
-                if self.args.kd.uses_student_features
+                if self.args.kd.function is not None and self.args.kd.uses_student_features
                 else {}
             ),
+            **self._objective_settings(),
             "auxiliary head weight": self.auxiliary_loss_weight,
         }
         if self.teacher_noiser is not None:
@@ -203,12 +236,43 @@ class DistillationTrainer(SegmentationTrainer):
             settings["trainable parameters"] = f"{trainable:,} of {total:,}"
         return settings
 
-    def train(self, *args, **kwargs):
+    def _objective_settings(self) -> dict:
+        args = self.args
+        if args.kd_loss in ("skd", "ifvd"):
+            return {"adversarial term": args.skd_adversarial}
+        if args.kd_loss == "cirkd":
+            return {
+                "CIRKD memory per class (pixels, regions)": f"{self.kd_objective.memory.pixel_queue.shape[1]}, "
+                f"{args.cirkd_region_memory_size}",
+                "CIRKD contrast per class (pixels, regions)": f"{args.cirkd_pixel_contrast_size}, "
+                f"{args.cirkd_region_contrast_size}",
+                "CIRKD anchors per step": args.cirkd_max_anchors,
+            }
+        if args.kd_loss == "maskd":
+            return {
+                "MasKD tokens": args.maskd_tokens,
+                "MasKD first stage": f"{args.maskd_mask_steps} steps, SGD lr {args.maskd_mask_learning_rate}",
+            }
+        return {}
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, **kwargs):
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(
+                    f"resume_from_checkpoint=True, but {self.args.output_dir} holds no complete checkpoint."
+                )
+        if isinstance(self.kd_objective, MasKDObjective):
+            self.preflight()
+            if resume_from_checkpoint:  # the checkpoint's tokens: the first stage is done
+                self._load_objective_state(resume_from_checkpoint)
+            if not self.kd_objective.tokens_trained:
+                self.train_mask_tokens()
         hook = contextlib.nullcontext()
         if self.args.kd.uses_student_features and not self.student_returns_features:
             hook = _pre_hook(self.student_classifier, self._keep_student_features)
         with hook:  # removed after training: the student keeps no hook
-            return super().train(*args, **kwargs)
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
 
     def _keep_student_features(self, module, inputs) -> None:
         self._hooked_features = inputs[0]
@@ -226,12 +290,27 @@ class DistillationTrainer(SegmentationTrainer):
             loss = loss + self.student_config.detail_loss_weight * detail_aggregation_loss(detail_logits, labels)
         return loss
 
-    @torch.no_grad()
     def teacher_logits(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.teacher_outputs(pixel_values, labels)[0]
+
+    @torch.no_grad()
+    def teacher_outputs(
+        self, pixel_values: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The teacher's logits, and its classifier's input features where the KD loss reads them (else None). A LAD
+        teacher reads the labels noised with `generator` (default: `step_generator`)."""
         if self.teacher_noiser is not None:
-            generator = self.step_generator(labels.device)
+            generator = generator if generator is not None else self.step_generator(labels.device)
             pixel_values = build_teacher_inputs(pixel_values, labels, self.teacher_noiser, generator=generator)
-        return self.teacher(pixel_values=pixel_values).logits
+        if not self.args.kd.uses_teacher_features:
+            return self.teacher(pixel_values=pixel_values).logits, None
+        if self.teacher_returns_features:
+            outputs = self.teacher(pixel_values=pixel_values, output_hidden_states=True)
+            return outputs.logits, outputs.decoder_features
+        kept = []
+        with _pre_hook(self.teacher_classifier, lambda module, inputs: kept.append(inputs[0])):
+            logits = self.teacher(pixel_values=pixel_values).logits
+        return logits, kept[-1]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         pixel_values, labels = inputs["pixel_values"], inputs["labels"]
@@ -242,23 +321,34 @@ class DistillationTrainer(SegmentationTrainer):
         else:
             outputs = model(pixel_values=pixel_values)
             features = self._hooked_features if kd.uses_student_features else None
-        teacher_logits = self.teacher_logits(pixel_values, labels)
+        teacher_logits, teacher_features = self.teacher_outputs(pixel_values, labels)
         loss_task = self.task_loss(outputs, labels)
-        inputs = {}
-        if kd.uses_labels:
-            inputs.update(labels=labels, ignore_index=self.args.ignore_index)
-        if kd.uses_student_features:
-            inputs["variance"] = self.fakd_variance(features, labels, teacher_logits.shape[-2:])
-        loss_kd = kd.function(outputs.logits, teacher_logits, temperature=temperature, **inputs)
-        # Each term's share of the accumulated batch: CE is a mean over labelled pixels, a KD loss that reads labels a
-        # mean over labelled pixels of the teacher's grid, CWD a mean over images.
-        if kd.uses_labels:
-            kd_share = self.pixel_share(labels, num_items_in_batch, teacher_logits.shape[-2:])
-        else:
-            kd_share = self.image_share(labels, num_items_in_batch)
         task_share = self.pixel_share(labels, num_items_in_batch)
+        # Each term's share of the accumulated batch: CE is a mean over labelled pixels, a KD loss that reads labels a
+        # mean over labelled pixels of the teacher's grid, CWD and the objectives' terms means over images (or over
+        # all their pixels).
+        if self.kd_objective is not None:
+            generator = self.step_generator(labels.device)  # for the objective's sampling (CIRKD's anchors)
+            terms = self.kd_objective(
+                outputs.logits, teacher_logits, features, teacher_features, labels, temperature, generator
+            )
+            loss_kd = sum(terms.values())
+            kd_share = self.image_share(labels, num_items_in_batch)
+            if self.kd_objective.adversarial is not None:  # its discriminator's step follows this training step
+                self._adversarial_logits = (outputs.logits.detach(), teacher_logits)
+        else:
+            terms, inputs = {}, {}
+            if kd.uses_labels:
+                inputs.update(labels=labels, ignore_index=self.args.ignore_index)
+            if kd.uses_student_features:
+                inputs["variance"] = self.fakd_variance(features, labels, teacher_logits.shape[-2:])
+            loss_kd = kd.function(outputs.logits, teacher_logits, temperature=temperature, **inputs)
+            if kd.uses_labels:
+                kd_share = self.pixel_share(labels, num_items_in_batch, teacher_logits.shape[-2:])
+            else:
+                kd_share = self.image_share(labels, num_items_in_batch)
         loss = self.args.task_weight * loss_task * task_share + self.args.kd_weight * loss_kd * kd_share
-        self.log_loss_components(loss_task=loss_task, loss_kd=loss_kd)
+        self.log_loss_components(loss_task=loss_task, loss_kd=loss_kd, **terms)
         return (loss, outputs) if return_outputs else loss
 
     def fakd_variance(self, features: torch.Tensor, labels: torch.Tensor, size: torch.Size) -> torch.Tensor:
@@ -272,31 +362,143 @@ class DistillationTrainer(SegmentationTrainer):
             weight, self.feature_covariance.covariance, resize_labels(labels, size), ratio, self.args.ignore_index
         )
 
-    def training_state(self) -> dict[str, torch.Tensor]:
-        # FAKD's class covariance is estimated over the whole run: a resumed run continues the estimate.
-        if not self.args.kd.uses_student_features:
-            return {}
-        return {f"feature_covariance.{k}": v for k, v in self.feature_covariance.state_dict().items()}
+    def training_state(self) -> dict:
+        # FAKD's class covariance is estimated over the whole run: a resumed run continues the estimate. The
+        # objectives' modules (memory, projection, discriminator, tokens) and the discriminator's optimizer likewise.
+        state = {}
+        if hasattr(self, "feature_covariance"):
+            state.update({f"feature_covariance.{k}": v for k, v in self.feature_covariance.state_dict().items()})
+        if self.kd_objective is not None:
+            state["kd_objective"] = self.kd_objective.state_dict()
+            if self.kd_objective.adversarial is not None:
+                state["discriminator_optimizer"] = self.kd_objective.adversarial.optimizer.state_dict()
+        return state
 
-    def load_training_state(self, state: dict[str, torch.Tensor]) -> None:
-        if self.args.kd.uses_student_features:
+    def load_training_state(self, state: dict) -> None:
+        if hasattr(self, "feature_covariance"):
             prefix = "feature_covariance."
-            self.feature_covariance.load_state_dict({k.removeprefix(prefix): v for k, v in state.items()})
+            covariance = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+            self.feature_covariance.load_state_dict(covariance)
+        if self.kd_objective is not None:
+            if "kd_objective" not in state:
+                raise ValueError(
+                    f"The checkpoint holds no state of the {self.args.kd_loss} objective: it was written by a run "
+                    "with another kd_loss. Resume with that run's settings, or start anew."
+                )
+            self.kd_objective.load_state_dict(state["kd_objective"])
+            if self.kd_objective.adversarial is not None:
+                self.kd_objective.adversarial.optimizer.load_state_dict(state["discriminator_optimizer"])
+
+    def _load_objective_state(self, checkpoint: str) -> None:
+        path = os.path.join(checkpoint, TRAINING_STATE_NAME)
+        if os.path.isfile(path):
+            self.load_training_state(torch.load(path, map_location=self.args.device, weights_only=True))
+
+    # -- What the objectives train besides the student ----------------------------------------------------------------
+
+    def create_optimizer(self, model=None):
+        # CIRKD's projection head trains with the student, in the student's optimizer (and its checkpoints).
+        optimizer = super().create_optimizer(model)
+        extra = self.kd_objective.student_parameters() if self.kd_objective is not None else []
+        known = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        if extra and id(extra[0]) not in known:
+            optimizer.add_param_group({"params": extra, "weight_decay": self.args.weight_decay})
+        return optimizer
+
+    def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.kd_objective is None:
+            return loss
+        several = self.accelerator.num_processes > 1
+        if several:  # outside the DDP model: average their gradients here (the mean of means stays exact under GA)
+            for parameter in self.kd_objective.student_parameters():
+                if parameter.grad is not None:
+                    parameter.grad = self.accelerator.reduce(parameter.grad, reduction="mean")
+        if self._adversarial_logits is not None:
+            student_logits, teacher_logits = self._adversarial_logits
+            self._adversarial_logits = None
+            reduce = (lambda grad: self.accelerator.reduce(grad, reduction="mean")) if several else None
+            loss_d = self.kd_objective.adversarial.discriminator_step(student_logits, teacher_logits, reduce)
+            self.log_loss_components(loss_discriminator=loss_d)
+        return loss
+
+    def _gather_padded(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` from all processes, concatenated; an uneven last batch is padded (labels with the ignore index,
+        which CIRKD's memory skips)."""
+        pad = self.args.ignore_index if not tensor.is_floating_point() else 0
+        return self.accelerator.gather(self.accelerator.pad_across_processes(tensor, dim=0, pad_index=pad))
+
+    def train_mask_tokens(self) -> None:
+        """MasKD's first stage: train the receptive tokens on the frozen teacher's logits (the teacher as it is run
+        in distillation: a LAD teacher with noised labels), `maskd_mask_steps` steps of SGD (momentum 0.9, weight
+        decay 1e-3, learning rate `maskd_mask_learning_rate` with polynomial decay, power 0.9), as MasKD's
+        `train_mask_module.py`; then freeze them. Random state of the run is left as it was: the student's training
+        is the same as without this stage."""
+        args, objective = self.args, self.kd_objective
+        steps = args.maskd_mask_steps
+        tokens = objective.tokens
+        optimizer = torch.optim.SGD(
+            tokens.parameters(), lr=args.maskd_mask_learning_rate, momentum=0.9, weight_decay=1e-3
+        )
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (1 - step / max(steps, 1)) ** 0.9)
+        losses = []
+        with torch.random.fork_rng(devices=[]):
+            batches = itertools.chain.from_iterable(itertools.repeat(self.get_train_dataloader()))
+            progress = tqdm(
+                range(steps), desc="MasKD tokens", disable=args.disable_tqdm or not self.is_local_process_zero()
+            )
+            for step in progress:
+                batch = self._prepare_inputs(next(batches))
+                pixel_values, labels = batch["pixel_values"], batch["labels"]
+                generator = content_generator(labels, f"maskd/{args.seed}/{args.process_index}/{step}")
+                with self.accelerator.autocast():
+                    teacher_logits, _ = self.teacher_outputs(pixel_values, labels, generator=generator)
+                loss = objective.stage_one_loss(teacher_logits, labels, args.ignore_index)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if self.accelerator.num_processes > 1:
+                    tokens.tokens.grad = self.accelerator.reduce(tokens.tokens.grad, reduction="mean")
+                optimizer.step()
+                schedule.step()
+                losses.append(loss.item())
+                if step % 50 == 0:
+                    progress.set_postfix(loss=f"{loss.item():.4f}")
+        tokens.requires_grad_(False)
+        objective.tokens_trained.fill_(True)
+        if losses:
+            logger.warning(
+                f"MasKD first stage: {steps} steps on the frozen teacher, loss {losses[0]:.4f} -> {losses[-1]:.4f}."
+            )
 
     def preflight_forward(self, model, batch: dict) -> None:
         # The student on the image, the teacher as it will be run (with a noise generator of its own), and the KD loss
-        # between their logits: a teacher of other classes or resolution fails here.
+        # between their logits (or, for an objective, the features it reads): a teacher of other classes or
+        # resolution fails here. Nothing is updated: the objectives' memories and statistics are left alone.
         pixel_values, labels = batch["pixel_values"], batch["labels"]
-        student_logits = model(pixel_values=pixel_values).logits
-        teacher_inputs = pixel_values
-        if self.teacher_noiser is not None:
-            generator = torch.Generator(device=labels.device).manual_seed(0)
-            teacher_inputs = build_teacher_inputs(pixel_values, labels, self.teacher_noiser, generator=generator)
-        teacher_logits = self.teacher(pixel_values=teacher_inputs).logits
         kd = self.args.kd
-        if not kd.uses_student_features:
+        kept = []
+        hook = contextlib.nullcontext()
+        if kd.uses_student_features and not self.student_returns_features:
+            hook = _pre_hook(self.student_classifier, lambda module, inputs: kept.append(inputs[0]))
+        returned = kd.uses_student_features and self.student_returns_features
+        with hook:
+            outputs = model(pixel_values=pixel_values, **({"output_hidden_states": True} if returned else {}))
+        student_logits = outputs.logits
+        generator = torch.Generator(device=labels.device).manual_seed(0)
+        teacher_logits, teacher_features = self.teacher_outputs(pixel_values, labels, generator=generator)
+        if kd.function is not None and not kd.uses_student_features:
             inputs = dict(labels=labels, ignore_index=self.args.ignore_index) if kd.uses_labels else {}
             kd.function(student_logits, teacher_logits, temperature=self.args.kd_temperature, **inputs)
+        elif kd.objective is not None:
+            pixel_wise_divergence(student_logits, teacher_logits)  # the same classes, sizes that resize
+            if kd.uses_student_features and kd.uses_teacher_features:
+                student_features = outputs.decoder_features if returned else kept[-1]
+                if student_features.shape[0] != teacher_features.shape[0] or student_features.ndim != 4:
+                    raise ValueError(
+                        f"kd_loss={self.args.kd_loss!r}: the student's classifier features "
+                        f"{tuple(student_features.shape)} and the teacher's {tuple(teacher_features.shape)} are not "
+                        "both (batch, channels, height, width) maps of the same batch."
+                    )
 
     def _teacher_name(self) -> str:
         return self.args.teacher_model_name_or_path or self.teacher_config.name_or_path or "(given in code)"
@@ -308,6 +510,17 @@ class DistillationTrainer(SegmentationTrainer):
             logits = model(pixel_values=pixel_values).logits.detach()
             loss = segmentation_cross_entropy(logits, labels, self.args.ignore_index)
         return (loss, None, None) if prediction_loss_only else (loss, logits, labels)
+
+
+class _ZeroGradients(TrainerCallback):
+    """Clears the gradients of parameters the optimizer steps but the Trainer does not zero (it zeroes the model's)."""
+
+    def __init__(self, parameters: list[torch.nn.Parameter]):
+        self.parameters = parameters
+
+    def on_step_end(self, args, state, control, **kwargs):
+        for parameter in self.parameters:
+            parameter.grad = None
 
 
 @contextlib.contextmanager

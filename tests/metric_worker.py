@@ -44,3 +44,5 @@ def main(model_dir: str, results_path: str, output_dir: str) -> None:
 
 if __name__ == "__main__":
     main(*sys.argv[1:])
+    if torch.distributed.is_initialized():  # leave no communication thread running at exit
+        torch.distributed.destroy_process_group()

@@ -31,8 +31,11 @@ def test_data_pipeline_benchmark_runs_in_smoke_mode(tmp_path):
 def test_step_time_benchmark_runs_in_smoke_mode(tmp_path):
     stdout, result = run_smoke("step_time.py", tmp_path)
     assert "(c) CWD step from a DeepLabV3-R101 teacher" in stdout and "b/c" in stdout
-    assert set(result["ratios"]) == {"b/a", "c/a", "b/c", "d/e", "f/d", "g/eval", "i/h"}
+    assert set(result["ratios"]) == {"b/a", "c/a", "b/c", "d/e", "f/d", "g/eval", "i/h", "j/c", "k/c", "l/c", "m/c"}
     assert "(i) LAD step, STDC1 LAD teacher -> STDC2 student" in stdout
+    for row in ("(j) SKD", "(k) IFVD", "(l) CIRKD", "(m) MasKD"):  # the paper's Dtime column, beside its ratio
+        assert row in stdout
+    assert "m/c" in stdout and "paper (Dtime, V100) 2.04" in stdout
     # A teacher under no_grad saves nothing for the backward pass: a distillation step saves what the student step
     # does, plus the small KD loss terms, whatever the teacher's size.
     autograd = {key: result["results"][key]["autograd_mb"] for key in "abchi"}

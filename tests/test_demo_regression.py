@@ -10,6 +10,8 @@ Changes since the first record, each meant:
 - All runs: training augmentation draws are keyed by (seed, epoch, dataset row) instead of coming from one generator
   in call order, so that a resumed run repeats the uninterrupted one exactly (re-recorded; the step-by-step
   behaviour of every trainer is otherwise the same).
+- Added: the runs of the paper's comparison methods (`student_skd`, `student_ifvd`, `student_cirkd`,
+  `student_maskd`); the ten runs recorded before are unchanged.
 """
 
 import json

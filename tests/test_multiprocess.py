@@ -42,6 +42,21 @@ def test_two_processes_train_in_step_and_evaluate_like_one(tmp_path: Path, mode:
         )
 
 
+def test_cirkd_memory_holds_the_regions_of_every_process(tmp_path: Path):
+    worker = str(Path(__file__).with_name("trainer_worker.py"))
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    launcher += ["--master_addr", "127.0.0.1", "--master_port", str(free_port())]
+    run = subprocess.run(launcher + [worker, "cirkd", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert ranks[0]["weights"] == ranks[1]["weights"]
+    # Both processes hold the same memory, filled with the regions of both (the queues are long: no wrap).
+    assert ranks[0]["memory"] == ranks[1]["memory"]
+    assert ranks[0]["projection"] == ranks[1]["projection"]  # its gradients averaged like the student's
+    assert sum(ranks[0]["region_pointer"]) == ranks[0]["regions_seen"] + ranks[1]["regions_seen"]
+    assert ranks[0]["regions_seen"] > 0 and ranks[1]["regions_seen"] > 0
+
+
 def test_processes_that_would_train_alone_are_refused(tmp_path: Path):
     # On a machine without GPUs, TrainingArguments without use_cpu=True ignores the launcher's processes.
     script = f"from lad_hf import SegmentationConfig; SegmentationConfig(output_dir={str(tmp_path)!r})"

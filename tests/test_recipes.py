@@ -50,7 +50,8 @@ RECIPES = sorted(
     if p not in (DINOV2_RECIPE, SDES_RECIPE) and p not in MOBILENET_RECIPES and p not in ZOO_RECIPES
 )
 NAME = re.compile(
-    r"(?P<dataset>[a-z0-9]+)_(?P<arch>[a-z0-9]+)_r(?P<depth>\d+)_(?P<role>teacher|baseline|distill|cwd_\w+)"
+    r"(?P<dataset>[a-z0-9]+)_(?P<arch>[a-z0-9]+)_r(?P<depth>\d+)_"
+    r"(?P<role>teacher|baseline|distill|(?:cwd|skd|ifvd|cirkd|maskd)_\w+)"
 )
 DATASETS = {
     "cityscapes": "cityscapes",
@@ -66,8 +67,12 @@ COMMANDS = {
     "teacher": ("train-teacher", "train_teacher.py", (LadTeacherConfig, LabelChannelArguments)),
     "baseline": ("train", "train.py", (SegmentationConfig,)),
     "distill": ("distill", "distill.py", (DistillationConfig, LoraArguments)),
-    "cwd": ("distill", "distill.py", (DistillationConfig, LoraArguments)),
+    **{
+        method: ("distill", "distill.py", (DistillationConfig, LoraArguments))
+        for method in ("cwd", "skd", "ifvd", "cirkd", "maskd")  # conventional KD from a bigger teacher
+    },
 }
+COMPARISON_METHODS = ("skd", "ifvd", "cirkd", "maskd")  # the paper's Table 1 besides CWD
 FLOAT_KEYS = (
     "learning_rate",
     "weight_decay",
@@ -77,6 +82,7 @@ FLOAT_KEYS = (
     "consistency_temperature",
     "kd_weight",
     "kd_temperature",
+    "maskd_mask_learning_rate",
 )
 
 
@@ -97,7 +103,7 @@ def split_name(path: Path) -> dict[str, str]:
     match = NAME.fullmatch(path.stem)
     assert match, f"{path.name}: recipes are named {{dataset}}_{{model}}_{{role}}.yaml"
     parts = match.groupdict()
-    parts["kind"] = "cwd" if parts["role"].startswith("cwd_") else parts["role"]
+    parts["kind"] = parts["role"].partition("_")[0]
     return parts
 
 
@@ -159,6 +165,14 @@ def test_recipe_parses_with_paper_values(path):
         assert args.consistency_temperature == 4.0
     if parts["kind"] in ("distill", "cwd"):
         assert args.kd_loss == "cwd" and args.kd_weight == 3.0 and args.kd_temperature == 4.0  # CWD, beta (Sec. 4.1)
+    if parts["kind"] in COMPARISON_METHODS:  # their code's weights, inside the objective
+        assert args.kd_loss == parts["kind"] and args.kd_weight == 1.0 and args.kd_temperature == 1.0
+        assert args.kd_weight == args.kd.weight and args.kd_temperature == args.kd.temperature
+    if parts["kind"] == "cirkd":
+        assert (args.cirkd_pixel_memory_size, args.cirkd_region_memory_size) == (20000, 2000)
+        assert (args.cirkd_pixel_contrast_size, args.cirkd_region_contrast_size) == (4096, 1024)
+    if parts["kind"] == "maskd":
+        assert (args.maskd_tokens, args.maskd_mask_steps, args.maskd_mask_learning_rate) == (8, 10000, 0.1)
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
@@ -190,7 +204,9 @@ def test_recipe_builds_its_model(path):
 
 
 @pytest.mark.parametrize(
-    "path", [p for p in RECIPES if split_name(p)["kind"] in ("distill", "cwd")], ids=lambda p: p.stem
+    "path",
+    [p for p in RECIPES if split_name(p)["kind"] in ("distill", "cwd", *COMPARISON_METHODS)],
+    ids=lambda p: p.stem,
 )
 def test_distill_recipe_names_the_output_of_a_teacher_recipe(path):
     parts = split_name(path)
@@ -204,8 +220,8 @@ def test_distill_recipe_names_the_output_of_a_teacher_recipe(path):
     assert teacher_raw["dataset_name"] == data_args.dataset_name
     if parts["kind"] == "distill":  # LAD: the teacher is the student's own model, with the label (Tables 1, 4, 5)
         assert teacher == f"{parts['dataset']}_{parts['arch']}_r{parts['depth']}_teacher"
-    else:  # conventional KD (CWD) from a bigger model trained on its own: cwd_r101 <- deeplabv3_r101_baseline
-        assert teacher == f"{parts['dataset']}_deeplabv3_{parts['role'].removeprefix('cwd_')}_baseline"
+    else:  # conventional KD from a bigger model trained on its own: cwd_r101 <- deeplabv3_r101_baseline
+        assert teacher == f"{parts['dataset']}_deeplabv3_{parts['role'].partition('_')[2]}_baseline"
 
 
 def test_recipes_cover_the_paper():
@@ -223,6 +239,8 @@ def test_recipes_cover_the_paper():
     # Tables 1 and 4: conventional KD with CWD from DeepLabV3-R101.
     wanted |= {"cityscapes_deeplabv3_r101_baseline"}
     wanted |= {f"cityscapes_{m}_cwd_r101" for m in ("deeplabv3_r18", "pspnet_r18", "fcn_r18", "fcn_r50")}
+    # Table 1: the comparison methods, on both students.
+    wanted |= {f"cityscapes_{m}_{k}_r101" for m in ("deeplabv3_r18", "pspnet_r18") for k in COMPARISON_METHODS}
     assert sorted(wanted - names) == [] and sorted(names - wanted) == []  # each recipe is one of the paper's
 
 

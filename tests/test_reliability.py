@@ -131,7 +131,17 @@ def test_02_a_run_killed_while_writing_a_checkpoint_resumes_from_the_one_before(
     assert_same_weights(weights(tmp_path / "run"), uninterrupted)
 
 
-@pytest.mark.parametrize("trainer_name", ["teacher", "distillation_fakd", "self_distillation"])
+@pytest.mark.parametrize(
+    "trainer_name",
+    [
+        "teacher",
+        "distillation_fakd_cwd",
+        "distillation_skd",
+        "distillation_cirkd",
+        "distillation_maskd",
+        "self_distillation",
+    ],
+)
 def test_01_every_trainer_resumes_bit_for_bit(workspace, tmp_path, trainer_name):
     def run(output_dir, resume=None):
         torch.manual_seed(0)
@@ -152,14 +162,18 @@ def test_01_every_trainer_resumes_bit_for_bit(workspace, tmp_path, trainer_name)
             teacher = add_label_channel(
                 LadSegForSemanticSegmentation(tiny_lad_seg_config(num_labels=NUM_LABELS)), LabelNoiser(NUM_LABELS)
             )
-            args = trainer_args(DistillationConfig, output_dir, kd_loss="fakd_cwd", **settings)
+            kd_loss = trainer_name.removeprefix("distillation_")
+            memory = dict(cirkd_pixel_memory_size=64, cirkd_region_memory_size=8, cirkd_pixel_contrast_size=16)
+            args = trainer_args(
+                DistillationConfig, output_dir, kd_loss=kd_loss, maskd_mask_steps=3, **memory, **settings
+            )
             trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data)
         trainer.train(resume_from_checkpoint=resume)
         return {k: v.clone() for k, v in trainer.model.state_dict().items()}
 
     full = run(tmp_path / "full")
     resumed = run(tmp_path / "resumed", resume=str(tmp_path / "full" / "checkpoint-2"))
-    assert_same_weights(resumed, full)  # experts, adapter and FAKD statistics included
+    assert_same_weights(resumed, full)  # experts, adapter, FAKD statistics, discriminator, memory, tokens included
 
 
 def test_03_an_unwritable_output_folder_fails_before_training(tmp_path):

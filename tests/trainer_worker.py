@@ -1,8 +1,10 @@
 """Train a LAD teacher, or distil a student, for a few steps in one or more processes; then evaluate and save.
 
-    python -m torch.distributed.run --nproc_per_node 2 tests/trainer_worker.py {teacher,distill} OUTPUT_DIR
+    python -m torch.distributed.run --nproc_per_node 2 tests/trainer_worker.py {teacher,distill,cirkd} OUTPUT_DIR
 
-Each process writes `rank<N>.json`: checksums of its trained weights and of the teacher, and the eval metrics.
+Each process writes `rank<N>.json`: checksums of its trained weights and of the teacher, and the eval metrics; with
+`cirkd` (distillation with CIRKD's memory), also the memory's checksum and pointers, and the (image, class) regions
+this process saw.
 """
 
 import hashlib
@@ -55,6 +57,8 @@ def main(mode: str, output_dir: str) -> None:
     else:
         teacher = add_label_channel(LadSegForSemanticSegmentation(tiny_lad_seg_config("psp")), LabelNoiser(3))
         model = LadSegForSemanticSegmentation(tiny_lad_seg_config("aspp"))
+        if mode == "cirkd":
+            settings.update(kd_loss="cirkd", cirkd_pixel_memory_size=1000, cirkd_region_memory_size=1000)
         trainer = DistillationTrainer(
             model=model,
             teacher_model=teacher,
@@ -63,6 +67,16 @@ def main(mode: str, output_dir: str) -> None:
             eval_dataset=val,
         )
     teacher_before = checksum(teacher) if teacher is not None else None
+    regions_seen = []
+    if mode == "cirkd":  # count the regions of this process's batches, before the memory gathers all processes'
+        memory = trainer.kd_objective.memory
+        enqueue = memory.enqueue
+
+        def counting_enqueue(features, labels, gather=None):
+            regions_seen.append(sum(len(set(image.unique().tolist()) - {255}) for image in labels))
+            enqueue(features, labels, gather)
+
+        memory.enqueue = counting_enqueue
     trainer.train()
     metrics = trainer.evaluate()
     result = {
@@ -72,9 +86,18 @@ def main(mode: str, output_dir: str) -> None:
         "teacher_after": checksum(teacher) if teacher is not None else None,
         "metrics": metrics,
     }
+    if mode == "cirkd":
+        result.update(
+            memory=checksum(trainer.kd_objective.memory),
+            region_pointer=trainer.kd_objective.memory.region_pointer.tolist(),
+            regions_seen=sum(regions_seen),
+            projection=checksum(trainer.kd_objective.project, parameters_only=True),
+        )
     Path(output_dir, f"rank{trainer.args.process_index}.json").write_text(json.dumps(result))
     trainer.save_model(str(Path(output_dir, "model")))
 
 
 if __name__ == "__main__":
     main(*sys.argv[1:])
+    if torch.distributed.is_initialized():  # leave no communication thread running at exit
+        torch.distributed.destroy_process_group()
