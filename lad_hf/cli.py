@@ -1,6 +1,8 @@
 """The `lad-hf` command."""
 
 import argparse
+import difflib
+import functools
 import importlib
 import sys
 
@@ -23,14 +25,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lad-hf",
         description="Label Assisted Distillation (LAD) for semantic segmentation, on the Hugging Face stack.",
+        allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"lad-hf {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_command = functools.partial(commands.add_parser, allow_abbrev=False)  # --max_step is not --max_steps
     for name, (_, help_text) in RECIPE_COMMANDS.items():
-        command = commands.add_parser(name, help=help_text + " Takes --config recipe.yaml.", add_help=False)
+        command = add_command(name, help=help_text + " Takes --config recipe.yaml.", add_help=False)
         command.add_argument("options", nargs=argparse.REMAINDER)
 
-    demo = commands.add_parser(
+    demo = add_command(
         "demo",
         help="Train and compare LAD with its baselines on the built-in digit-scenes benchmark (CPU).",
         description="Builds the digit-scenes benchmark if missing and pretrains the backbones on single digits of "
@@ -80,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         "paper's comparison methods SKD, IFVD, CIRKD and MasKD from the big teacher.",
     )
 
-    study = commands.add_parser(
+    study = add_command(
         "study",
         help="Map when LAD pays on the digit scenes: budgets, training-set sizes, scratch or pretrained, ablations.",
         description="Trains, for every start (scratch, pretrained), training-set size and seed, a LAD teacher, a "
@@ -97,6 +101,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     study.add_argument("--seeds", type=int, nargs="+", default=None, help="Seeds (default: 0 1 2).")
     study.add_argument(
+        "--starts",
+        nargs="+",
+        choices=["scratch", "pretrained"],
+        default=None,
+        help="Which starts of the grid to run (default: scratch pretrained); the ablations need 'pretrained'.",
+    )
+    study.add_argument(
+        "--train-sizes",
+        type=int,
+        nargs="+",
+        default=None,
+        help="Training-set sizes of the grid (default: 1000 4000); the ablations need the demo's 1000.",
+    )
+    study.add_argument(
         "--workers", type=int, default=2, help="Runs in parallel, one process each (default: %(default)s)."
     )
     study.add_argument(
@@ -109,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--smoke", action="store_true", help="A few steps of everything: checks the study runs.")
     study.add_argument("--no-progress", action="store_true", help="Hide the progress bars.")
 
-    build = commands.add_parser(
+    build = add_command(
         "build-digit-scenes",
         help="Write the digit-scenes benchmark as a Hub-format dataset folder.",
         description="Writes parquet shards (train / validation / test), README.md, id2label.json and preview.png.",
@@ -117,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("out_dir", help="The dataset folder to write.")
     build.add_argument("--seed", type=int, default=0, help="Seed of the scene composition (default: %(default)s).")
     build.add_argument("--overwrite", action="store_true", help="Replace a folder built with other arguments.")
+    parser.commands = commands.choices
     return parser
 
 
@@ -136,7 +155,17 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in RECIPE_COMMANDS:
         return run_recipe_command(argv[0], argv[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # as the recipe commands do: name the closest option
+        command = parser.commands.get(args.command, parser)
+        options = sorted(o for o in command._option_string_actions if o.startswith("--"))
+        name = unknown[0].split("=")[0]
+        if not name.startswith("-"):
+            command.error(f"unexpected argument '{unknown[0]}'; --help lists what the command takes.")
+        match = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
+        command.error(
+            f"unknown option '{unknown[0]}'" + (f"; did you mean '{match[0]}'?" if match else "; --help lists them.")
+        )
     if args.command is None:
         parser.print_help()
         return 0
@@ -145,8 +174,11 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             path = build_digit_scenes(args.out_dir, seed=args.seed, overwrite=args.overwrite)
-        except FileExistsError as error:
-            parser.error(f"{error} (--overwrite)")
+        except FileExistsError:
+            parser.error(
+                f"build-digit-scenes: {args.out_dir} exists and holds scenes built with other arguments (another "
+                "--seed or lad_hf version): add --overwrite to replace them, or name another folder."
+            )
         print(f"Digit scenes in {path}")
         return 0
     if args.command == "demo":
@@ -178,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
         study = StudySettings.smoke() if args.smoke else StudySettings()
         if args.seeds is not None:
             study = replace(study, seeds=tuple(args.seeds))
+        if args.starts is not None:
+            study = replace(study, starts=tuple(dict.fromkeys(args.starts)))
+        if args.train_sizes is not None:
+            study = replace(study, train_sizes=tuple(dict.fromkeys(args.train_sizes)))
         try:
             run_study(
                 args.output_dir,

@@ -43,6 +43,7 @@ from .files import atomic_path, write_json, write_text
 from .label_channel import add_label_channel, build_teacher_inputs
 from .lad_teacher_config import LadTeacherConfig
 from .lad_teacher_trainer import LadTeacherTrainer
+from .metrics import SegmentationMetric
 from .modeling_lad_seg import LadSegForSemanticSegmentation
 from .noising import LabelNoiser
 from .pretraining import pretrain_digit_backbone
@@ -50,7 +51,7 @@ from .segmentation_config import SegmentationConfig
 from .segmentation_trainer import SegmentationTrainer
 from .self_distillation_config import SelfDistillationConfig
 from .self_distillation_trainer import SelfDistillationTrainer
-from .visualization import overlay
+from .visualization import class_palette, overlay
 
 
 __all__ = ["DEMO_RUNS", "DemoSettings", "RUNS", "RunSpec", "run_demo"]
@@ -418,12 +419,13 @@ class DemoRun:
         return result
 
     @torch.no_grad()
-    def predictions(self, count: int = 4) -> list[dict[str, np.ndarray]]:
-        """Image, label, the LAD teacher's noised label, and every run's prediction on the first test scenes."""
+    def predictions(self, count: int = 4, names: tuple[str, ...] = RUNS) -> list[dict[str, np.ndarray]]:
+        """Image, label, the LAD teacher's noised label, and the prediction of every run in `names` (the LAD teacher
+        among them) on the first test scenes; `miou` holds each run's mIoU on each scene."""
         batch = SegmentationCollator()([self.test[i] for i in range(count)])
         models = {
             name: AutoModelForSemanticSegmentation.from_pretrained(self.run_dir(name) / "model").eval()
-            for name in RUNS
+            for name in names
         }
         noiser = LabelNoiser.from_config(models["lad_teacher"].config)
         generator = torch.Generator().manual_seed(self.seed)
@@ -437,15 +439,24 @@ class DemoRun:
         mean = torch.tensor(self.eval_transform.image_mean).view(1, 3, 1, 1)
         std = torch.tensor(self.eval_transform.image_std).view(1, 3, 1, 1)
         images = ((batch["pixel_values"] * std + mean).clamp(0, 1) * 255).byte().permute(0, 2, 3, 1).numpy()
+        labels = batch["labels"].numpy()
         return [
             {
                 "image": images[i],
-                "label": batch["labels"][i].numpy(),
+                "label": labels[i],
                 "noised_label": teacher_inputs[i, -1].numpy(),
                 **{name: outputs[name][i] for name in models},
+                "miou": {name: image_miou(outputs[name][i], labels[i], len(self.id2label)) for name in models},
             }
             for i in range(count)
         ]
+
+
+def image_miou(prediction: np.ndarray, label: np.ndarray, num_labels: int, ignore_index: int = 255) -> float:
+    """mIoU on one image, over the classes in its label or its prediction (ignore pixels left out)."""
+    metric = SegmentationMetric(num_labels, ignore_index=ignore_index)
+    metric.update(prediction[None], label[None])
+    return float(metric.compute()["mean_iou"])
 
 
 @dataclass(frozen=True)
@@ -495,6 +506,11 @@ def run_job(job: Job, root: str, data_dir: str, pretrained: dict | None, show_pr
     return demo.run(job.name)
 
 
+def threads_per_run(workers: int) -> int:
+    """The torch threads each run gets: this process's (`OMP_NUM_THREADS`, or the cores) shared among `workers`."""
+    return torch.get_num_threads() if workers == 1 else max(1, torch.get_num_threads() // workers)
+
+
 def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
     # Two processes' bars would overwrite each other: the main process logs each finished run instead.
@@ -532,9 +548,8 @@ def run_jobs(
             pending.remove(job)
             finished(job, run_job(job, str(root), str(data_dir), pretrained, show_progress))
         return results
-    threads = max(1, torch.get_num_threads() // workers)
     with ProcessPoolExecutor(
-        workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(threads,)
+        workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(threads_per_run(workers),)
     ) as pool:
         running = {}
         while pending or running:
@@ -563,7 +578,7 @@ def mean_std(values: list[float], scale: float = 100.0, signed: bool = False) ->
 
 
 def summarise(
-    results: dict[int, dict[str, dict]], settings: DemoSettings, pretrained: dict | None
+    results: dict[int, dict[str, dict]], settings: DemoSettings, pretrained: dict | None, workers: int = 1
 ) -> tuple[str, dict]:
     """The markdown table and the JSON summary over seeds."""
     seeds = sorted(results)
@@ -573,7 +588,14 @@ def summarise(
         "| run | test mIoU (%) | vs (1), same seed | mean accuracy (%) | steps (best) | train time (s) | parameters |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    summary = {"settings": asdict(settings), "seeds": seeds, "pretrained": pretrained, "runs": {}}
+    summary = {
+        "settings": asdict(settings),
+        "seeds": seeds,
+        "pretrained": pretrained,
+        "workers": workers,
+        "torch_threads_per_run": threads_per_run(workers),
+        "runs": {},
+    }
     for name in runs:
         per_seed = [results[seed][name] for seed in seeds]
         miou = [r["test"]["mean_iou"] for r in per_seed]
@@ -605,7 +627,8 @@ def summarise(
         f"Digit scenes, test split; models from {start}; students {settings.scaled(settings.student_steps)} steps, "
         f"teachers up to {settings.scaled(settings.teacher_steps)} steps with early stopping (best validation "
         f"checkpoint), batch {settings.batch_size} at {settings.image_size}x{settings.image_size}; "
-        f"seeds {seeds} (mean ± std where more than one).",
+        f"seeds {seeds} (mean ± std where more than one). Runs {workers} at a time, {threads_per_run(workers)} "
+        f"torch thread(s) each (of {torch.get_num_threads()}; OMP_NUM_THREADS sets them).",
         "",
         *rows,
         "",
@@ -633,15 +656,26 @@ def summarise(
     return "\n".join(lines) + "\n", summary
 
 
-def plot_predictions(path: Path, rows: list[dict[str, np.ndarray]]) -> None:
+ERROR_COLOUR = "#ff00ff"  # no class has it (`class_palette`)
+
+
+def plot_predictions(
+    path: Path, rows: list[dict[str, np.ndarray]], names: tuple[str, ...] = RUNS, id2label: dict | None = None
+) -> None:
+    """One row per scene: the image, its ground truth, the LAD teacher's noised label, then one column per run of
+    the table with its prediction (class colours over the image; background shows the image), its wrong pixels
+    outlined, and its mIoU on that scene. A legend gives each class's colour."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     columns = [("image", "image"), ("label", "ground truth"), ("noised_label", "noised label (teacher input)")]
-    columns += [(name, SHORT_TITLES[name]) for name in RUNS]
-    figure, axes = plt.subplots(len(rows), len(columns), figsize=(1.9 * len(columns), 2.0 * len(rows)), squeeze=False)
+    columns += [(name, SHORT_TITLES[name]) for name in names]
+    figure, axes = plt.subplots(len(rows), len(columns), figsize=(1.7 * len(columns), 1.9 * len(rows) + 0.7))
+    axes = np.asarray(axes).reshape(len(rows), len(columns))
     for r, row in enumerate(rows):
         for c, (key, title) in enumerate(columns):
             axis = axes[r][c]
@@ -652,11 +686,26 @@ def plot_predictions(path: Path, rows: list[dict[str, np.ndarray]]) -> None:
                 axis.imshow(row[key], cmap="viridis", interpolation="nearest")
             else:
                 axis.imshow(overlay(row["image"], row[key], alpha=0.55, background=0), interpolation="nearest")
+            if key in row.get("miou", {}):
+                wrong = (row[key] != row["label"]) & (row["label"] != 255)
+                if wrong.any():
+                    axis.contour(wrong, levels=[0.5], colors=ERROR_COLOUR, linewidths=0.7)
+                axis.set_xlabel(f"mIoU {100 * row['miou'][key]:.1f}", fontsize=7, labelpad=1)
             axis.set_xticks([])
             axis.set_yticks([])
             if r == 0:
                 axis.set_title(title, fontsize=7)
-    figure.tight_layout()
+    palette = class_palette()
+    if id2label is None:
+        classes = max(int(row["label"][row["label"] != 255].max(initial=0)) for row in rows) + 1
+        id2label = {k: str(k) for k in range(classes)}
+    handles = [
+        Patch(facecolor=palette[k] / 255, edgecolor="grey", label=f"{name}" + (" (image shown)" if k == 0 else ""))
+        for k, name in sorted(id2label.items())
+    ]
+    handles.append(Line2D([], [], color=ERROR_COLOUR, label="wrong pixels (outlined)"))
+    figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 12), fontsize=7, frameon=False)
+    figure.tight_layout(rect=(0, 0.6 / (1.9 * len(rows) + 0.7), 1, 1))
     save_figure(figure, path)
     plt.close(figure)
 
@@ -752,14 +801,13 @@ def run_demo(
     ]
     finished = run_jobs(jobs, output_dir, data_dir, backbones, workers, show_progress)
     results = {seed: {name: finished[make_job(name, seed, settings)] for name in runs} for seed in seeds}
-    table, summary = summarise(results, settings, backbones)
+    table, summary = summarise(results, settings, backbones, workers)
     job = make_job("student", seeds[0], settings)
     first = DemoRun(
         data_dir, output_dir / job.out_dir, seeds[0], settings, False, backbones, output_dir / job.teacher_dir
     )
-    plot_predictions(output_dir / "predictions.png", first.predictions())
+    plot_predictions(output_dir / "predictions.png", first.predictions(names=runs), runs, first.id2label)
     plot_curves(output_dir / "curves.png", results[seeds[0]])
-    summary["workers"] = workers
     summary["wall_seconds_this_call"] = round(time.perf_counter() - start, 1)
     write_json(output_dir / "results.json", summary)
     write_text(output_dir / "results.md", "# lad-hf demo\n\n" + table)

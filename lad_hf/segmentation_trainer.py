@@ -9,6 +9,7 @@ import itertools
 import json
 import math
 import os
+import time
 import zlib
 from collections import defaultdict
 from pathlib import Path
@@ -18,6 +19,7 @@ import datasets
 import torch
 from safetensors import SafetensorError, safe_open
 from transformers import Trainer, TrainerCallback
+from transformers.utils import logging
 
 from .checkpoints import check_writable, describe_write_error, last_complete_checkpoint
 from .data import SegmentationCollator
@@ -29,6 +31,8 @@ from .segmentation_config import SegmentationConfig
 
 
 __all__ = ["SegmentationTrainer", "content_generator"]
+
+logger = logging.get_logger(__name__)
 
 TRAINING_STATE_NAME = "lad_hf_training_state.pt"  # in a checkpoint, beside the optimizer's state
 
@@ -48,6 +52,37 @@ class _AugmentationEpoch(TrainerCallback):
         transform = _format_transform(getattr(train_dataloader, "dataset", None))
         if hasattr(transform, "set_epoch"):
             transform.set_epoch(math.floor(state.epoch))
+
+
+class StepTimeEstimate(TrainerCallback):
+    """Says, once `steps` steps after the first have run, how long a step takes and about how long the rest of the
+    training will (evaluations and saves not counted): a wrong size or setting shows in seconds, not hours."""
+
+    def __init__(self, steps: int = 5):
+        self.steps = steps
+        self._start: tuple[int, float] | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._start is None:  # the first step warms up: time from its end
+            self._start = (state.global_step, time.perf_counter())
+            return
+        first, start = self._start
+        if state.global_step - first == self.steps:
+            seconds = (time.perf_counter() - start) / self.steps
+            remaining = max(state.max_steps - state.global_step, 0)
+            if state.is_world_process_zero:
+                logger.warning(
+                    f"Training at {seconds:.2f} s per step here: the remaining {remaining} steps take about "
+                    f"{_duration(seconds * remaining)} (evaluations and saves not counted)."
+                )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 class BatchCounts(NamedTuple):
@@ -152,6 +187,7 @@ class SegmentationTrainer(Trainer):
                     "augmentation in every epoch: leave it off (the workers then start anew each epoch)."
                 )
             self.add_callback(_AugmentationEpoch())
+        self.add_callback(StepTimeEstimate())
         self._loss_components: dict[str, list[torch.Tensor]] = defaultdict(list)
         self._generator_step, self._micro_batch = -1, 0
         self._preflight_done = False

@@ -319,3 +319,28 @@ def test_self_distill_saves_the_student_alone(workspace):
     saved = AutoModelForSemanticSegmentation.from_pretrained(out)
     start = LadSegForSemanticSegmentation.from_pretrained(workspace / "tiny_lad_seg")
     assert saved.num_parameters() == start.num_parameters()
+
+
+def test_images_smaller_than_the_default_crop_train_at_their_size(workspace, tmp_path):
+    from lad_hf.commands.arguments import DataArguments
+    from lad_hf.commands.common import load_data
+    from lad_hf.segmentation_config import SegmentationConfig
+
+    args = SegmentationConfig(output_dir=str(tmp_path / "unused"), report_to="none")
+    data_args = DataArguments(dataset_name=str(workspace / "scenes"))
+    train, val, _ = load_data(data_args, args)
+    assert data_args.crop_size == [64, 64]  # the scenes' size, not 512x512 of padding
+    assert train[0]["pixel_values"].shape == (3, 64, 64) and val[0]["pixel_values"].shape == (3, 64, 64)
+    data_args = DataArguments(dataset_name=str(workspace / "scenes"), crop_size=[32, 48])
+    assert load_data(data_args, args)[0][0]["pixel_values"].shape == (3, 32, 48)  # a size asked for is kept
+
+    # The command says so, and tells the time per step once a few steps have run.
+    recipe = yaml.safe_load((workspace / "tiny.yaml").read_text())
+    recipe.pop("crop_size")
+    recipe.update(max_steps=7, save_steps=100, eval_strategy="no")
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    command = ["lad-hf", "train", "--config", str(tmp_path / "recipe.yaml"), "--output_dir", str(tmp_path / "run")]
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "are 64x64, smaller than the default crop 512x512: training at 64x64" in done.stderr
+    assert "s per step here: the remaining 1 steps take about" in done.stderr

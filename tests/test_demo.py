@@ -1,8 +1,11 @@
 import json
+import os
 import subprocess
 
+import numpy as np
+
 from lad_hf.data import build_digit_scenes
-from lad_hf.demo import RUNS, DemoSettings, make_job
+from lad_hf.demo import RUNS, DemoSettings, image_miou, make_job, plot_predictions
 
 
 def test_demo_smoke_and_resume(tmp_path):
@@ -51,6 +54,12 @@ def test_demo_smoke_and_resume(tmp_path):
     (gain,) = summary["runs"]["student_lad"]["gain_over_student"]
     assert gain == summary["runs"]["student_lad"]["mean_iou"][0] - summary["runs"]["student"]["mean_iou"][0]
     assert (out / "predictions.png").stat().st_size > 0 and (out / "curves.png").stat().st_size > 0
+    # Written as any file the user makes (umask), not private like a temporary file.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for name in ("results.json", "results.md", "predictions.png", "curves.png"):
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+    assert summary["workers"] == 2 and summary["torch_threads_per_run"] >= 1 and "torch thread(s) each" in table
 
     # Started again, the demo reuses the finished runs and writes the same table; with --methods it adds rows.
     again = subprocess.run([*command, "--no-progress"], capture_output=True, text=True)
@@ -93,3 +102,26 @@ def test_build_digit_scenes_command(tmp_path):
     (out / "data").mkdir(parents=True)
     run = subprocess.run(["lad-hf", "build-digit-scenes", str(out)], capture_output=True, text=True)
     assert run.returncode == 2 and "--overwrite" in run.stderr
+
+
+def test_image_miou_and_predictions_picture(tmp_path):
+    label = np.zeros((8, 8), dtype=np.int64)
+    label[:4] = 1
+    label[0, 0] = 255
+    assert image_miou(label.copy(), label, 3) == 1.0
+    wrong = label.copy()
+    wrong[4:6] = 2  # 16 background pixels called class 2: background IoU 16/32, class 2 IoU 0
+    assert image_miou(wrong, label, 3) == (16 / 32 + 1.0 + 0.0) / 3
+    image = np.full((8, 8, 3), 128, dtype=np.uint8)
+    rows = [
+        {
+            "image": image,
+            "label": label,
+            "noised_label": label.astype(float),
+            **{name: wrong for name in RUNS},
+            "miou": {name: image_miou(wrong, label, 3) for name in RUNS},
+        }
+    ]
+    path = tmp_path / "predictions.png"
+    plot_predictions(path, rows, RUNS, {0: "background", 1: "one", 2: "two"})
+    assert path.stat().st_size > 0

@@ -156,7 +156,13 @@ class DataArguments:
     label_column: str | None = field(default=None, metadata={"help": "Label-map column (found if not given)."})
     streaming: bool = field(default=False, metadata={"help": "Stream the training split (needs max_steps)."})
     shuffle_buffer_size: int | None = field(default=None, metadata={"help": "Shuffle buffer of a streamed split."})
-    crop_size: list[int] = field(default_factory=lambda: [512, 512], metadata={"help": "Training crop: height width."})
+    crop_size: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "Training crop: height width (default: 512 512, or the images' own size where they are smaller "
+            "on both sides)."
+        },
+    )
     scale_range: list[float] = field(
         default_factory=lambda: [0.5, 2.0], metadata={"help": "Random rescale ratios of training: low high."}
     )
@@ -266,10 +272,11 @@ def parse_arguments(dataclass_types: tuple, argv: list[str] | None, prog: str, d
     `TrainingArguments` class from the same values.
     """
     usage = f"{prog} [--config recipe.yaml] [--OPTION VALUE ...]   (--help lists the options)"
-    parser = HfArgumentParser(dataclass_types, prog=prog, description=description, usage=usage)
+    # No abbreviations: `--max_step 5` is refused (with a did-you-mean), not read as `--max_steps 5`.
+    parser = HfArgumentParser(dataclass_types, prog=prog, description=description, usage=usage, allow_abbrev=False)
     parser.add_argument("--config", default=None, help="A flat YAML recipe whose keys are the options below.")
     valid = sorted({f.name for dtype in dataclass_types for f in fields(dtype) if f.init})
-    config_path = argparse.ArgumentParser(add_help=False)
+    config_path = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     config_path.add_argument("--config", default=None)
     config_file = config_path.parse_known_args(argv)[0].config
     given = {}

@@ -28,6 +28,7 @@ __all__ = [
 logger = logging.get_logger(__name__)
 
 FINISHED_MARKER = "all_results.json"
+DEFAULT_CROP_SIZE = (512, 512)  # --crop_size's default for images at least this large on one side
 
 
 def load_image_processor(name_or_path: str | None):
@@ -111,6 +112,8 @@ def load_data(data_args: DataArguments, args: SegmentationConfig, image_processo
             f'The dataset \'{name}\' names no classes: add an id2label.json ({{"0": "background", ...}}) to its '
             "folder or Hub repo, give its label column a ClassLabel feature, or use a preset (--dataset_preset)."
         )
+    if data_args.crop_size is None:
+        data_args.crop_size = default_crop_size(name, data_args.train_split if train else data_args.eval_split, common)
     train_dataset = eval_dataset = None
     if train:
         transform = SegmentationTransforms.from_image_processor(
@@ -144,6 +147,25 @@ def load_data(data_args: DataArguments, args: SegmentationConfig, image_processo
         )
         eval_dataset = _first(eval_dataset, data_args.max_eval_samples, streaming=False)
     return train_dataset, eval_dataset, id2label
+
+
+def default_crop_size(name: str, split: str | None, common: dict) -> list[int]:
+    """`DEFAULT_CROP_SIZE`, or the size of the split's first image where that is smaller on both sides: a crop
+    larger than every image pads each one to it, and trains and evaluates (at that size, by default) on padding."""
+    if split is None:
+        return list(DEFAULT_CROP_SIZE)
+    first = next(iter(load_segmentation_dataset(name, split, streaming=True, **common)), None)
+    if first is None:
+        return list(DEFAULT_CROP_SIZE)
+    height, width = first["image"].shape[:2]
+    if height < DEFAULT_CROP_SIZE[0] and width < DEFAULT_CROP_SIZE[1]:
+        logger.warning(
+            f"The images of '{name}' are {height}x{width}, smaller than the default crop "
+            f"{DEFAULT_CROP_SIZE[0]}x{DEFAULT_CROP_SIZE[1]}: training at {height}x{width} (and evaluating at it "
+            "unless --eval_size is given) instead of padding each image to the crop. --crop_size H W chooses it."
+        )
+        return [height, width]
+    return list(DEFAULT_CROP_SIZE)
 
 
 def _first(dataset, count: int | None, streaming: bool):
