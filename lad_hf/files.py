@@ -24,9 +24,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         yield tmp
-        path.parent.mkdir(parents=True, exist_ok=True)
         if tmp.is_dir() and path.is_dir():
             shutil.rmtree(path)  # os.replace does not replace a folder that holds files
         os.replace(tmp, path)
