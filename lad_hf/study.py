@@ -336,7 +336,9 @@ def plot(path: Path, summary: dict) -> None:
         axis.set_ylabel("student mIoU - student alone (points)")
         axis.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    figure.suptitle("Distilled student minus student alone (mean ± std over seeds)", fontsize=11)
+    seeds = len(summary["settings"]["seeds"])
+    spread = "mean ± std over seeds" if seeds > 1 else "one seed"
+    figure.suptitle(f"Distilled student minus student alone\n({spread}, same seed and budget)", fontsize=10)
     figure.tight_layout()
     save_figure(figure, path)
     plt.close(figure)
