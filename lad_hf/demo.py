@@ -718,6 +718,7 @@ def plot_curves(path: Path, results: dict[str, dict]) -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
+    axis.set_prop_cycle(color=plt.get_cmap("tab20").colors)  # a colour per run, past ten runs too
     for name in results:
         history = results[name]["log_history"]
         evals = [(h["step"], 100 * h["eval_mean_iou"]) for h in history if "eval_mean_iou" in h]
