@@ -148,13 +148,8 @@ class HrnetPreTrainedModel(PreTrainedModel):
         # As the HRNet code: convolutions from N(0, 0.001), unit batch norms.
         if isinstance(module, nn.Conv2d):
             init.normal_(module.weight, std=0.001)
-        elif isinstance(module, nn.BatchNorm2d):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
-            init.zeros_(module.running_mean)
-            init.ones_(module.running_var)
-            if module.num_batches_tracked is not None:
-                init.zeros_(module.num_batches_tracked)
+        else:
+            super()._init_weights(module)  # batch norms: unit weights, zero bias, fresh running statistics
 
 
 class HrnetBackbone(BackboneMixin, HrnetPreTrainedModel):

@@ -80,13 +80,8 @@ class StdcPreTrainedModel(PreTrainedModel):
             init.kaiming_normal_(module.weight, mode="fan_out")
             if module.bias is not None:
                 init.zeros_(module.bias)
-        elif isinstance(module, nn.BatchNorm2d):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
-            init.zeros_(module.running_mean)
-            init.ones_(module.running_var)
-            if module.num_batches_tracked is not None:
-                init.zeros_(module.num_batches_tracked)
+        else:
+            super()._init_weights(module)  # batch norms: unit weights, zero bias, fresh running statistics
 
 
 class StdcBackbone(BackboneMixin, StdcPreTrainedModel):
