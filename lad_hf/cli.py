@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = add_command(
         "demo",
-        help="Train and compare LAD with its baselines on the built-in digit-scenes benchmark (CPU).",
+        help="Train and compare LAD with its baselines on the built-in digit-scenes benchmark (CPU, or a GPU if any).",
         description="Builds the digit-scenes benchmark if missing and pretrains the backbones on single digits of "
         "its train pool, then trains and tests, for each seed: the student alone; a LAD teacher, a same-size and a "
         "big image-only teacher, each to convergence; and the student distilled with CWD from each teacher. Writes "
@@ -115,14 +115,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="Training-set sizes of the grid (default: 1000 4000); the ablations need the demo's 1000.",
     )
     study.add_argument(
+        "--budgets",
+        type=int,
+        nargs="+",
+        default=None,
+        help="The students' numbers of steps (default: 600 1200 2400, or --smoke's); the ablations need the "
+        "demo's (2400).",
+    )
+    study.add_argument(
+        "--ablation-seeds",
+        type=int,
+        nargs="*",
+        default=None,
+        help="Seeds of the Table 8 / 9 ablations (default: --seeds); with no seed, no ablations.",
+    )
+    study.add_argument(
         "--workers", type=int, default=2, help="Runs in parallel, one process each (default: %(default)s)."
     )
     study.add_argument(
         "--stage",
-        choices=["all", "convergence"],
+        choices=["all", "convergence", "summary"],
         default="all",
         help="'convergence': only the teachers and the students alone, to choose budgets before any distilled "
-        "student is seen (default: %(default)s).",
+        "student is seen; 'summary': train nothing, summarise the runs of the grid that have finished, "
+        "replacing the folder's study.md, study.json and figures (default: %(default)s).",
     )
     study.add_argument("--smoke", action="store_true", help="A few steps of everything: checks the study runs.")
     study.add_argument("--no-progress", action="store_true", help="Hide the progress bars.")
@@ -214,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
             study = replace(study, starts=tuple(dict.fromkeys(args.starts)))
         if args.train_sizes is not None:
             study = replace(study, train_sizes=tuple(dict.fromkeys(args.train_sizes)))
+        if args.budgets is not None:
+            study = replace(study, student_budgets=tuple(dict.fromkeys(args.budgets)))
+        if args.ablation_seeds is not None:
+            study = replace(study, ablation_seeds=tuple(dict.fromkeys(args.ablation_seeds)))
         try:
             run_study(
                 args.output_dir,

@@ -1,4 +1,5 @@
-"""`lad-hf demo`: LAD against its baselines on the built-in digit-scenes benchmark, end to end on a CPU.
+"""`lad-hf demo`: LAD against its baselines on the built-in digit-scenes benchmark, end to end on a CPU (or a GPU
+where torch sees one).
 
 The regime is the paper's: every model starts from pretrained weights (the benchmark's "ImageNet": ResNets
 pretrained on single digits of the train pool, `lad_hf.pretraining`), the teachers are trained to convergence (a
@@ -332,7 +333,7 @@ class DemoRun:
             eval_strategy="steps",
             eval_steps=s.eval_steps,
             report_to="none",
-            use_cpu=True,
+            use_cpu=not torch.cuda.is_available(),  # a GPU when there is one, as the Trainer's default
             seed=self.seed,
             data_seed=self.seed,
             dataloader_num_workers=0,
@@ -379,14 +380,8 @@ class DemoRun:
         run_dir = self.run_dir(name)
         result_path = run_dir / "run_result.json"
         fingerprint = self.settings.fingerprint(teacher=name in TEACHERS)
-        if result_path.exists():
-            result = json.loads(result_path.read_text())
-            changed = self.settings.changed(result["settings"], teacher=name in TEACHERS)
-            if changed:
-                raise ValueError(
-                    f"{run_dir} holds a run trained with other settings (they differ in {changed}): use another "
-                    "output folder, or remove that one."
-                )
+        result = finished_result(run_dir, name, self.settings)
+        if result is not None:
             logger.warning(f"{name} (seed {self.seed}): finished earlier, reusing {run_dir}")
             return result
         s = self.settings
@@ -410,6 +405,7 @@ class DemoRun:
             "steps": trainer.state.global_step,
             "best_step": _best_step(trainer.state) if name in TEACHERS else trainer.state.global_step,
             "train_seconds": round(train_seconds, 1),
+            "device": training_device(),
             "parameters": trainer.model.num_parameters(),
             "test": {k.removeprefix("test_"): v for k, v in metrics.items()},
             "log_history": trainer.state.log_history,
@@ -498,12 +494,33 @@ def make_job(name: str, seed: int, settings: DemoSettings, group: str | None = N
     return Job(out_dir, teachers, name, seed, asdict(settings), tags)
 
 
+def finished_result(run_dir: Path, name: str, settings: DemoSettings) -> dict | None:
+    """The `run_result.json` of run `name` in `run_dir` if it finished, None if not; an error if it was trained
+    with other settings."""
+    path = Path(run_dir) / "run_result.json"
+    if not path.exists():
+        return None
+    result = json.loads(path.read_text())
+    changed = settings.changed(result["settings"], teacher=name in TEACHERS)
+    if changed:
+        raise ValueError(
+            f"{run_dir} holds a run trained with other settings (they differ in {changed}): use another output "
+            "folder, or remove that one."
+        )
+    return result
+
+
 def run_job(job: Job, root: str, data_dir: str, pretrained: dict | None, show_progress: bool = False) -> dict:
     """Run (or reuse) one job in this process; returns its `run_result.json`."""
     settings = DemoSettings(**job.settings)
     out_dir, teacher_dir = Path(root) / job.out_dir, Path(root) / job.teacher_dir
     demo = DemoRun(Path(data_dir), out_dir, job.seed, settings, show_progress, pretrained, teacher_dir=teacher_dir)
     return demo.run(job.name)
+
+
+def training_device() -> str:
+    """Where this process trains: `"cpu"`, or the GPU's name."""
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
 
 
 def threads_per_run(workers: int) -> int:
@@ -628,7 +645,9 @@ def summarise(
         f"teachers up to {settings.scaled(settings.teacher_steps)} steps with early stopping (best validation "
         f"checkpoint), batch {settings.batch_size} at {settings.image_size}x{settings.image_size}; "
         f"seeds {seeds} (mean ± std where more than one). Runs {workers} at a time, {threads_per_run(workers)} "
-        f"torch thread(s) each (of {torch.get_num_threads()}; OMP_NUM_THREADS sets them).",
+        f"torch thread(s) each (of {torch.get_num_threads()}; OMP_NUM_THREADS sets them). Trained on: "
+        + ", ".join(sorted({result.get("device", "cpu") for runs in results.values() for result in runs.values()}))
+        + ".",
         "",
         *rows,
         "",
@@ -751,6 +770,12 @@ def check_settings(settings: DemoSettings, seeds, methods=()) -> None:
     unknown = [m for m in methods if m not in METHOD_RUNS]
     if unknown:
         raise ValueError(f"Unknown methods {unknown}; the demo adds {sorted(METHOD_RUNS)}.")
+    if torch.cuda.device_count() > 1:
+        # The Trainer would split each batch over them (DataParallel): another batch size than the settings say.
+        raise ValueError(
+            f"{torch.cuda.device_count()} GPUs are visible; every run of the demo and the study trains on one "
+            "device (its --workers share it): choose one with CUDA_VISIBLE_DEVICES=0."
+        )
 
 
 def ensure_digit_scenes(data_dir: Path, train_sizes: tuple[int | None, ...] = ()) -> Path:

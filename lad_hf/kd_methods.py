@@ -444,9 +444,12 @@ class CIRKDObjective(DistillationObjective):
 
     def _contrast(self, student, teacher, negatives) -> torch.Tensor:
         tau = self.contrast_kd_temperature
-        log_p_s = F.log_softmax(student @ negatives.T / self.contrast_temperature / tau, dim=1)
-        log_p_t = F.log_softmax(teacher @ negatives.T / self.contrast_temperature / tau, dim=1)
-        return (log_p_t.exp() * (log_p_t - log_p_s)).sum(1).mean() * tau**2
+        # The temperatures scale the (anchors, D) embeddings, not the (anchors, memory) similarities: the same
+        # logits without two divisions of the largest tensor of the step (and their backward).
+        scale = 1.0 / (self.contrast_temperature * tau)
+        log_p_s = F.log_softmax((student * scale) @ negatives.T, dim=1)
+        log_p_t = F.log_softmax((teacher * scale) @ negatives.T, dim=1)
+        return F.kl_div(log_p_s, log_p_t, reduction="sum", log_target=True) / len(student) * tau**2
 
     def forward(
         self,

@@ -144,7 +144,7 @@ def pretrain_digit_backbone(
         logging_steps=max(1, steps // 10),
         save_strategy="no",
         report_to="none",
-        use_cpu=True,
+        use_cpu=not torch.cuda.is_available(),  # a GPU when there is one, as the Trainer's default
         seed=seed,
         dataloader_num_workers=0,
         disable_tqdm=not show_progress,

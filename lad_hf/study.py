@@ -14,10 +14,12 @@ Two ablations run on the pretrained, full-data arm at the default student budget
 
 Every run writes `run_result.json` as it finishes; a study started again skips them, so it resumes after a crash.
 `--stage convergence` runs only what does not depend on the answer (the students alone and the teachers), so that
-budgets can be chosen from convergence before any distilled student is seen. Runs go to worker processes
-(`--workers`, one torch thread each when there are two).
+budgets can be chosen from convergence before any distilled student is seen; `--stage summary` trains nothing and
+summarises the runs of the grid that have finished (each table says how many seeds it holds). Runs go to worker
+processes (`--workers`, one torch thread each when there are two).
 """
 
+import json
 import os
 import statistics
 import time
@@ -34,6 +36,7 @@ from .demo import (
     arm_name,
     check_settings,
     ensure_digit_scenes,
+    finished_result,
     make_job,
     mean_std,
     pretrain_backbones,
@@ -47,6 +50,7 @@ __all__ = ["StudySettings", "run_study"]
 
 logger = logging.get_logger(__name__)
 
+STAGES = ("all", "convergence", "summary")
 DISTILLED = {
     "student_lad": "LAD teacher",
     "student_self": "same-size image-only teacher",
@@ -79,6 +83,8 @@ class StudySettings:
     teacher_steps: dict[int, int] = field(default_factory=lambda: {1000: 4800, 4000: 9600})
     student_budgets: tuple[int, ...] = (600, 1200, 2400)
     seeds: tuple[int, ...] = (0, 1, 2)
+    # The ablations' seeds (None: `seeds`; empty: no ablations).
+    ablation_seeds: tuple[int, ...] | None = None
     base: DemoSettings = field(default_factory=DemoSettings)
     table8: dict[str, dict] = field(default_factory=lambda: dict(TABLE8))
     table9: dict[str, dict] = field(default_factory=lambda: dict(TABLE9))
@@ -96,6 +102,13 @@ class StudySettings:
     def ablation_budget(self) -> int:
         """The ablations run on the demo's setting: pretrained, its training-set size and student budget."""
         return self.base.student_steps
+
+    @property
+    def ablation_runs(self) -> tuple[int, ...]:
+        """The seeds the ablations run on; none without the pretrained start or with no variant to run."""
+        seeds = self.seeds if self.ablation_seeds is None else self.ablation_seeds
+        variants = any(change for change in {**self.table8, **self.table9}.values())
+        return tuple(seeds) if "pretrained" in self.starts and variants else ()
 
     @property
     def ablation_arm(self) -> str:
@@ -139,12 +152,12 @@ def plan(study: StudySettings, stage: str = "all") -> list[Job]:
                     names = ["student"] + ([] if stage == "convergence" else list(DISTILLED))
                     settings = replace(arm, student_steps=budget)
                     jobs += [make_job(name, seed, settings, arm=arm_name(arm), budget=budget) for name in names]
-    if "pretrained" in study.starts:
+    if study.ablation_runs:
         for variant, change in {**study.table8, **study.table9}.items():
             if not change:
                 continue  # the main arm's teacher and student
             settings = replace(study.arm("pretrained", study.base.train_size), **change)
-            for seed in study.seeds:
+            for seed in study.ablation_runs:
                 group = f"ablation/{_slug(variant)}/seed-{seed}"
                 names = ["lad_teacher"] + ([] if stage == "convergence" else ["student_lad"])
                 jobs += [
@@ -209,17 +222,20 @@ def summarise(results: dict[Job, dict], study: StudySettings) -> dict:
                         entry[f"student_lad_minus_{other}"] = _difference(entry["student_lad"], entry[other])
                 budgets[budget] = entry
             summary["arms"][arm] = {"start": start, "train_size": size, "teachers": teachers, "budgets": budgets}
-    main = study.ablation_arm
-    if main not in summary["arms"]:
+    main, seeds = study.ablation_arm, study.ablation_runs
+    if main not in summary["arms"] or not seeds:
         return summary
     budget = study.ablation_budget
     alone = summary["arms"][main]["budgets"].get(budget, {}).get("student", {})
+    summary["ablation_seeds"] = list(seeds)
     for table, variants in (("table8", study.table8), ("table9", study.table9)):
         rows = {}
         for variant, change in variants.items():
             where = {"ablation": variant} if change else {"arm": main}
-            teacher = _miou(results, name="lad_teacher", **where)
+            # The default row is the main arm's: on the ablations' seeds only, like the other rows.
+            teacher = {k: v for k, v in _miou(results, name="lad_teacher", **where).items() if k in seeds}
             student = _values(_miou(results, name="student_lad", budget=budget, **where))
+            student = {k: v for k, v in student.items() if k in seeds}
             rows[variant] = {
                 "teacher_mean_iou": _values(teacher),
                 "teacher_mean_iou_shuffled_label": _values(teacher, "mean_iou_shuffled_label"),
@@ -231,9 +247,13 @@ def summarise(results: dict[Job, dict], study: StudySettings) -> dict:
     return summary
 
 
-def _ms(per_seed: dict, signed: bool = False, scale: float = 100.0) -> str:
+def _ms(per_seed: dict, signed: bool = False, scale: float = 100.0, seeds: int | None = None) -> str:
+    """Mean ± std over the seeds; `(n=k)` where a cell holds another number of seeds than its row's `seeds`."""
     values = [per_seed[s] for s in sorted(per_seed)]
-    return mean_std(values, scale=scale, signed=signed) if values else "-"
+    if not values:
+        return "-"
+    text = mean_std(values, scale=scale, signed=signed)
+    return text if seeds is None or len(values) == seeds else f"{text} (n={len(values)})"
 
 
 def markdown(summary: dict) -> str:
@@ -241,13 +261,14 @@ def markdown(summary: dict) -> str:
     lines = [
         "# lad-hf study",
         "",
-        "Test mIoU (%) on the digit scenes, mean ± std over seeds. Differences are taken seed by seed, at the same",
-        "budget (mIoU points): each distilled student minus the student alone, and the LAD teacher's student minus",
-        "the control's (the same-size image-only teacher's student) and minus the big teacher's student.",
+        "Test mIoU (%) on the digit scenes, mean ± std over seeds (a single seed shows its value alone). Differences",
+        "are taken seed by seed, at the same budget (mIoU points): each distilled student minus the student alone,",
+        "and the LAD teacher's student minus the control's (the same-size image-only teacher's student) and minus the",
+        "big teacher's student.",
         "",
-        "| start | train scenes | student steps | student alone | LAD - alone | same-size control - alone | "
+        "| start | train scenes | student steps | seeds | student alone | LAD - alone | same-size control - alone | "
         "big teacher - alone | LAD - control | LAD - big teacher |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     columns = [f"{name}_gain" for name in DISTILLED] + [
         "student_lad_minus_student_self",
@@ -256,25 +277,34 @@ def markdown(summary: dict) -> str:
     for arm in summary["arms"].values():
         for budget, entry in arm["budgets"].items():
             lines.append(
-                f"| {arm['start']} | {arm['train_size']} | {budget} | {_ms(entry['student'])} | "
-                + " | ".join(_ms(entry.get(column, {}), signed=True) for column in columns)
+                f"| {arm['start']} | {arm['train_size']} | {budget} | {len(entry['student'])} | "
+                f"{_ms(entry['student'])} | "
+                + " | ".join(
+                    _ms(entry.get(column, {}), signed=True, seeds=len(entry["student"])) for column in columns
+                )
                 + " |"
             )
     lines += [
         "",
         "Teachers (test mIoU %; the LAD teacher with its noised label):",
         "",
-        "| start | train scenes | LAD teacher | same-size image-only | big image-only |",
-        "| --- | --- | --- | --- | --- |",
+        "| start | train scenes | seeds | LAD teacher | same-size image-only | big image-only |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for arm in summary["arms"].values():
         teachers = arm["teachers"]
         lines.append(
-            f"| {arm['start']} | {arm['train_size']} | {_ms(teachers['lad_teacher'])} | "
-            f"{_ms(teachers['self_teacher'])} | {_ms(teachers['big_teacher'])} |"
+            f"| {arm['start']} | {arm['train_size']} | {len(teachers['lad_teacher'])} | "
+            f"{_ms(teachers['lad_teacher'])} | "
+            f"{_ms(teachers['self_teacher'], seeds=len(teachers['lad_teacher']))} | "
+            f"{_ms(teachers['big_teacher'], seeds=len(teachers['lad_teacher']))} |"
         )
     arm = summary["arms"].get(summary["ablation_arm"], {})
-    where = f"pretrained, {arm.get('train_size')} training scenes, students {summary['ablation_budget']} steps"
+    seeds = len(summary.get("ablation_seeds", []))
+    where = (
+        f"pretrained, {arm.get('train_size')} training scenes, students {summary['ablation_budget']} steps, "
+        f"{seeds} seed{'s' * (seeds != 1)}"
+    )
     titles = {
         "table8": f"Paper Table 8 analogue: the consistency loss ({where})",
         "table9": f"Paper Table 9 analogue: the label noise ({where})",
@@ -331,14 +361,17 @@ def plot(path: Path, summary: dict) -> None:
         axis.axhline(0.0, color="black", linewidth=0.8)
         axis.set_xscale("log", base=2)
         axis.set_xticks(budgets, [str(b) for b in budgets])
-        axis.set_title(f"{arm['start']}, {arm['train_size']} training scenes", fontsize=10)
+        seeds = max((len(entry["student"]) for entry in arm["budgets"].values()), default=0)
+        axis.set_title(
+            f"{arm['start']}, {arm['train_size']} training scenes, {seeds} seed{'s' * (seeds != 1)}", fontsize=10
+        )
         axis.set_xlabel("student steps")
         axis.set_ylabel("student mIoU - student alone (points)")
         axis.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    seeds = len(summary["settings"]["seeds"])
-    spread = "mean ± std over seeds" if seeds > 1 else "one seed"
-    figure.suptitle(f"Distilled student minus student alone\n({spread}, same seed and budget)", fontsize=10)
+    figure.suptitle(
+        "Distilled student minus student alone\n(mean ± std over the seeds run, same seed and budget)", fontsize=10
+    )
     figure.tight_layout()
     save_figure(figure, path)
     plt.close(figure)
@@ -401,33 +434,56 @@ def run_study(
         study: What to vary; `StudySettings()` by default.
         data_dir: The digit-scenes folder (default: `<output_dir>/digit_scenes`, built if missing).
         workers: Runs in parallel, each in its own process.
-        stage: `"all"`, or `"convergence"`: the teachers and the students alone only.
+        stage: `"all"`; `"convergence"`: the teachers and the students alone only; `"summary"`: no training, the
+            summary of the runs that have finished.
         show_progress: The pretraining's progress bars.
     """
     study = study or StudySettings()
-    if stage not in ("all", "convergence"):
-        raise ValueError(f"stage must be 'all' or 'convergence', got {stage!r}.")
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}.")
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}.")
     check_settings(study.base, study.seeds)
     if min(study.train_sizes) < study.base.batch_size:
         raise ValueError(f"Every train size must hold one batch ({study.base.batch_size}), got {study.train_sizes}.")
-    if "pretrained" in study.starts and (
+    if set(study.ablation_runs) - set(study.seeds):
+        raise ValueError(
+            f"ablation_seeds {study.ablation_seeds} must be among the seeds {study.seeds}: their rows are compared "
+            "with the main grid's runs of the same seed."
+        )
+    if study.ablation_runs and (
         study.base.train_size not in study.train_sizes or study.base.student_steps not in study.student_budgets
     ):
         raise ValueError(
             "The ablations run on the main grid's pretrained arm: base.train_size and base.student_steps must be "
-            f"among train_sizes {study.train_sizes} and student_budgets {study.student_budgets}."
+            f"among train_sizes {study.train_sizes} and student_budgets {study.student_budgets} (or run no "
+            "ablations: ablation_seeds=(), --ablation-seeds with no seed)."
         )
     start = time.perf_counter()
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    data_dir = Path(data_dir) if data_dir is not None else output_dir / "digit_scenes"
-    ensure_digit_scenes(data_dir, study.train_sizes)
-    pretrained = None
-    if "pretrained" in study.starts:
-        pretrained = pretrain_backbones(output_dir / "pretrained", replace(study.base, budget=1.0), show_progress)
-    results = run_jobs(plan(study, stage), output_dir, data_dir, pretrained, workers, show_progress)
+    if stage == "summary":
+        if not output_dir.is_dir():
+            raise ValueError(f"{output_dir} does not exist: there is nothing to summarise; run the study first.")
+        results = {}
+        for job in plan(study):
+            result = finished_result(output_dir / job.out_dir / job.name, job.name, DemoSettings(**job.settings))
+            if result is not None:
+                results[job] = result
+        logger.warning(f"Summarising the {len(results)} finished runs of the {len(plan(study))} planned.")
+        pretrained = {
+            path.parent.name: {"path": str(path.parent), **json.loads(path.read_text())}
+            for path in sorted((output_dir / "pretrained").glob("*/pretrain_results.json"))
+        }
+        pretrained = {kind: {k: v for k, v in p.items() if k != "log_history"} for kind, p in pretrained.items()}
+        pretrained = pretrained or None
+    else:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        data_dir = Path(data_dir) if data_dir is not None else output_dir / "digit_scenes"
+        ensure_digit_scenes(data_dir, study.train_sizes)
+        pretrained = None
+        if "pretrained" in study.starts:
+            pretrained = pretrain_backbones(output_dir / "pretrained", replace(study.base, budget=1.0), show_progress)
+        results = run_jobs(plan(study, stage), output_dir, data_dir, pretrained, workers, show_progress)
     summary = summarise(results, study)
     summary["stage"] = stage
     summary["pretrained"] = pretrained
@@ -445,7 +501,7 @@ def run_study(
     table = markdown(summary)
     write_text(output_dir / "study.md", table)
     plot_convergence(output_dir / "study_convergence.png", results, study)
-    if stage == "all":
+    if stage != "convergence":
         plot(output_dir / "study.png", summary)
     print(table)
     return summary

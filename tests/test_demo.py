@@ -3,6 +3,7 @@ import os
 import subprocess
 
 import numpy as np
+import torch
 
 from lad_hf.data import build_digit_scenes
 from lad_hf.demo import RUNS, DemoSettings, image_miou, make_job, plot_predictions
@@ -45,6 +46,7 @@ def test_demo_smoke_and_resume(tmp_path):
         assert 0.0 <= miou <= 1.0
         result = json.loads((out / make_job(name, 0, settings).out_dir / name / "run_result.json").read_text())
         assert any("eval_mean_iou" in h for h in result["log_history"])
+        assert result["device"] == ("cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name())
         # Students run their budget; teachers at most theirs, and keep their best validation checkpoint.
         if name.endswith("teacher"):
             assert 1 <= result["best_step"] <= result["steps"] <= settings.scaled(settings.teacher_steps)

@@ -191,6 +191,30 @@ def test_cirkd_memory_fills_per_class_and_wraps():
     assert memory.pixel_pointer.tolist() == [0, 16] and memory.region_pointer.tolist() == [0, 1]
 
 
+def test_cirkd_contrast_is_the_kl_of_the_temperature_scaled_similarities():
+    # CIRKD's code: KL(teacher || student) of the softmaxes of similarities / (T * tau), per anchor, mean, * tau^2.
+    torch.manual_seed(0)
+    module = CIRKDObjective(
+        num_labels=3,
+        student_channels=8,
+        teacher_channels=8,
+        **{k.removeprefix("cirkd_"): v for k, v in SMALL_CIRKD.items()},
+    )
+    module.contrast_kd_temperature = 2.0
+    student = F.normalize(torch.randn(6, 8, dtype=torch.float64), dim=1).requires_grad_()
+    teacher = F.normalize(torch.randn(6, 8, dtype=torch.float64), dim=1)
+    negatives = F.normalize(torch.randn(40, 8, dtype=torch.float64), dim=1)
+    scale = module.contrast_temperature * module.contrast_kd_temperature
+    log_p_s = F.log_softmax(student @ negatives.T / scale, dim=1)
+    log_p_t = F.log_softmax(teacher @ negatives.T / scale, dim=1)
+    expected = (log_p_t.exp() * (log_p_t - log_p_s)).sum(1).mean() * module.contrast_kd_temperature**2
+    (expected_grad,) = torch.autograd.grad(expected, student)
+    loss = module._contrast(student, teacher, negatives)
+    (grad,) = torch.autograd.grad(loss, student)
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(grad, expected_grad)
+
+
 def test_cirkd_memory_is_capped():
     module = CIRKDObjective(num_labels=19, student_channels=8, teacher_channels=2048, pixel_memory_size=20000)
     assert module.memory.pixel_queue.numel() * 4 <= CIRKDObjective.max_queue_bytes
