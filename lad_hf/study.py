@@ -464,12 +464,12 @@ def run_study(
     if stage == "summary":
         if not output_dir.is_dir():
             raise ValueError(f"{output_dir} does not exist: there is nothing to summarise; run the study first.")
-        results = {}
-        for job in plan(study):
+        jobs, results = plan(study), {}
+        for job in jobs:
             result = finished_result(output_dir / job.out_dir / job.name, job.name, DemoSettings(**job.settings))
             if result is not None:
                 results[job] = result
-        logger.warning(f"Summarising the {len(results)} finished runs of the {len(plan(study))} planned.")
+        logger.warning(f"Summarising the {len(results)} finished runs of the {len(jobs)} planned.")
         pretrained = {
             path.parent.name: {"path": str(path.parent), **json.loads(path.read_text())}
             for path in sorted((output_dir / "pretrained").glob("*/pretrain_results.json"))
