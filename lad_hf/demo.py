@@ -47,7 +47,7 @@ from .lad_teacher_trainer import LadTeacherTrainer
 from .metrics import SegmentationMetric
 from .modeling_lad_seg import LadSegForSemanticSegmentation
 from .noising import LabelNoiser
-from .pretraining import pretrain_digit_backbone
+from .pretraining import RESULTS_FILE, pretrain_digit_backbone
 from .segmentation_config import SegmentationConfig
 from .segmentation_trainer import SegmentationTrainer
 from .self_distillation_config import SelfDistillationConfig
@@ -254,8 +254,23 @@ def pretrain_backbones(out_dir: Path, settings: DemoSettings, show_progress: boo
             learning_rate=settings.learning_rate,
             show_progress=show_progress,
         )
-        pretrained[kind] = {"path": str(path), **{k: v for k, v in results.items() if k != "log_history"}}
+        pretrained[kind] = _backbone_entry(path, results)
     return pretrained
+
+
+def _backbone_entry(path: Path, results: dict) -> dict:
+    """A pretrained backbone as the runs take it: its `path` and its results, without the training log."""
+    return {"path": str(path), **{k: v for k, v in results.items() if k != "log_history"}}
+
+
+def finished_backbones(out_dir: Path) -> dict[str, dict] | None:
+    """The backbones `pretrain_backbones` finished in `out_dir`, without pretraining any; None if there are none."""
+    found = {
+        kind: _backbone_entry(out_dir / kind, json.loads((out_dir / kind / RESULTS_FILE).read_text()))
+        for kind in ("student", "big")
+        if (out_dir / kind / RESULTS_FILE).exists()
+    }
+    return found or None
 
 
 class DemoRun:

@@ -19,7 +19,6 @@ summarises the runs of the grid that have finished (each table says how many see
 processes (`--workers`, one torch thread each when there are two).
 """
 
-import json
 import os
 import statistics
 import time
@@ -36,6 +35,7 @@ from .demo import (
     arm_name,
     check_settings,
     ensure_digit_scenes,
+    finished_backbones,
     finished_result,
     make_job,
     mean_std,
@@ -470,12 +470,7 @@ def run_study(
             if result is not None:
                 results[job] = result
         logger.warning(f"Summarising the {len(results)} finished runs of the {len(jobs)} planned.")
-        pretrained = {
-            path.parent.name: {"path": str(path.parent), **json.loads(path.read_text())}
-            for path in sorted((output_dir / "pretrained").glob("*/pretrain_results.json"))
-        }
-        pretrained = {kind: {k: v for k, v in p.items() if k != "log_history"} for kind, p in pretrained.items()}
-        pretrained = pretrained or None
+        pretrained = finished_backbones(output_dir / "pretrained")
     else:
         output_dir.mkdir(parents=True, exist_ok=True)
         data_dir = Path(data_dir) if data_dir is not None else output_dir / "digit_scenes"
