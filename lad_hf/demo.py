@@ -138,6 +138,7 @@ RUNS = tuple(name for name, run in DEMO_RUNS.items() if run.method is None)
 METHOD_RUNS = {run.method: name for name, run in DEMO_RUNS.items() if run.method is not None}
 # The runs others learn from: trained to convergence (a longer budget, early stopping, best checkpoint).
 TEACHERS = tuple(dict.fromkeys(run.teacher for run in DEMO_RUNS.values() if run.teacher is not None))
+RUN_RESULT_FILE = "run_result.json"  # in each run's folder, written as the run finishes
 SHORT_TITLES = {name: run.short_title for name, run in DEMO_RUNS.items()}
 
 
@@ -393,8 +394,6 @@ class DemoRun:
     def run(self, name: str) -> dict:
         """Train and test one run, or read its result if an earlier demo finished it."""
         run_dir = self.run_dir(name)
-        result_path = run_dir / "run_result.json"
-        fingerprint = self.settings.fingerprint(teacher=name in TEACHERS)
         result = finished_result(run_dir, name, self.settings)
         if result is not None:
             logger.warning(f"{name} (seed {self.seed}): finished earlier, reusing {run_dir}")
@@ -424,9 +423,9 @@ class DemoRun:
             "parameters": trainer.model.num_parameters(),
             "test": {k.removeprefix("test_"): v for k, v in metrics.items()},
             "log_history": trainer.state.log_history,
-            "settings": fingerprint,
+            "settings": self.settings.fingerprint(teacher=name in TEACHERS),
         }
-        write_json(result_path, result)
+        write_json(run_dir / RUN_RESULT_FILE, result)
         return result
 
     @torch.no_grad()
@@ -512,7 +511,7 @@ def make_job(name: str, seed: int, settings: DemoSettings, group: str | None = N
 def finished_result(run_dir: Path, name: str, settings: DemoSettings) -> dict | None:
     """The `run_result.json` of run `name` in `run_dir` if it finished, None if not; an error if it was trained
     with other settings."""
-    path = Path(run_dir) / "run_result.json"
+    path = Path(run_dir) / RUN_RESULT_FILE
     if not path.exists():
         return None
     result = json.loads(path.read_text())
