@@ -24,7 +24,7 @@ from PIL import Image as PILImage
 
 from lad_hf import LadSegConfig, LadSegForSemanticSegmentation
 from lad_hf.data import PRESETS, SegmentationTransforms, load_segmentation_dataset
-from lad_hf.files import write_json
+from lad_hf.utils.files import write_json
 
 
 def street_like_pair(rng: np.random.Generator, height: int, width: int) -> tuple[bytes, bytes]:

@@ -49,7 +49,7 @@ from lad_hf import (
     dual_path_consistency,
     predictions_from_logits,
 )
-from lad_hf.files import write_json
+from lad_hf.utils.files import write_json
 
 
 TARGETS = {"b/c": 0.65, "b/a": 1.45, "d/e": 0.95, "f/d": 0.01, "g/eval": 0.05}

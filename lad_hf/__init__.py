@@ -4,32 +4,33 @@ from importlib.metadata import PackageNotFoundError, version
 
 from transformers import AutoBackbone, AutoConfig, AutoModelForSemanticSegmentation
 
-from .configuration_hrnet import HrnetConfig
-from .configuration_lad_seg import LadSegConfig
-from .configuration_stdc import StdcConfig
-from .distillation_config import DistillationConfig
-from .distillation_trainer import DistillationTrainer
-from .label_channel import add_label_channel, build_teacher_inputs
-from .labels import check_labels
-from .lad_teacher_config import LadTeacherConfig
-from .lad_teacher_trainer import LadTeacherTrainer
+from . import _compat
+from .distillation import channel_wise_divergence, dual_path_consistency, noise_stability, pixel_wise_divergence
+from .label_channel import LabelNoiser, add_label_channel, build_teacher_inputs
 from .lora import apply_lora, dinov2_lora_config
-from .losses import (
-    channel_wise_divergence,
-    dual_path_consistency,
-    noise_stability,
-    pixel_wise_divergence,
-    segmentation_cross_entropy,
-)
 from .metrics import SegmentationMetric, predictions_from_logits
-from .modeling_hrnet import HrnetBackbone
-from .modeling_lad_seg import LadSegForSemanticSegmentation, LadSegOutput, LadSegPreTrainedModel
-from .modeling_stdc import StdcBackbone
-from .noising import LabelNoiser
-from .segmentation_config import SegmentationConfig
-from .segmentation_trainer import SegmentationTrainer
-from .self_distillation_config import SelfDistillationConfig
-from .self_distillation_trainer import SelfDistillationTrainer
+from .models import (
+    HrnetBackbone,
+    HrnetConfig,
+    LadSegConfig,
+    LadSegForSemanticSegmentation,
+    LadSegOutput,
+    LadSegPreTrainedModel,
+    StdcBackbone,
+    StdcConfig,
+)
+from .models.losses import segmentation_cross_entropy
+from .trainers import (
+    DistillationConfig,
+    DistillationTrainer,
+    LadTeacherConfig,
+    LadTeacherTrainer,
+    SegmentationConfig,
+    SegmentationTrainer,
+    SelfDistillationConfig,
+    SelfDistillationTrainer,
+)
+from .utils.labels import check_labels
 
 
 try:
@@ -42,6 +43,7 @@ AutoModelForSemanticSegmentation.register(LadSegConfig, LadSegForSemanticSegment
 for _config, _backbone in ((StdcConfig, StdcBackbone), (HrnetConfig, HrnetBackbone)):
     AutoConfig.register(_config.model_type, _config, exist_ok=True)
     AutoBackbone.register(_config, _backbone, exist_ok=True)
+_compat.install()  # the module paths of lad_hf 0.1 still import, with a FutureWarning
 
 __all__ = [
     "DistillationConfig",

@@ -7,7 +7,7 @@ import importlib
 import sys
 
 from . import __version__
-from .demo import METHOD_RUNS, DemoSettings
+from .benchmark.settings import METHOD_RUNS, DemoSettings
 
 
 # Commands whose options are dataclass fields read by HfArgumentParser (`lad-hf COMMAND --help` lists them).
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds", type=int, nargs="+", default=None, help="Seeds to run, mean ± std over them (default: 0 1 2)."
     )
     demo.add_argument(
-        "--quick", action="store_true", help="One seed (0) instead of three: the same runs in a third of the time."
+        "--quick", action="store_true", help="One seed (0) instead of three: the same runs, for one seed."
     )
     demo.add_argument(
         "--train-size",
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     if args.command == "build-digit-scenes":
-        from .data import build_digit_scenes
+        from .benchmark.digit_scenes import build_digit_scenes
 
         try:
             path = build_digit_scenes(args.out_dir, seed=args.seed, overwrite=args.overwrite)
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Digit scenes in {path}")
         return 0
     if args.command == "demo":
-        from .demo import run_demo
+        from .benchmark.demo import run_demo
 
         if args.quick and args.seeds is not None:
             parser.error("--quick runs seed 0 alone: leave out --seeds, or leave out --quick.")
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "study":
         from dataclasses import replace
 
-        from .study import StudySettings, run_study
+        from .benchmark.study import StudySettings, run_study
 
         study = StudySettings.smoke() if args.smoke else StudySettings()
         if args.seeds is not None:

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
-from .losses import segmentation_cross_entropy
+from .models.losses import segmentation_cross_entropy
 
 
 __all__ = ["TTASegmenter", "segment", "sliding_window_logits"]

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from transformers import EvalPrediction
 
-from .labels import check_labels
+from .utils.labels import check_labels
 
 
 __all__ = ["SegmentationMetric", "predictions_from_logits"]

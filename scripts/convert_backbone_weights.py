@@ -17,8 +17,8 @@ import sys
 import torch
 
 from lad_hf import HrnetBackbone, HrnetConfig, StdcBackbone, StdcConfig
-from lad_hf.configuration_hrnet import HRNET_PRESETS
-from lad_hf.configuration_stdc import STDC_PRESETS
+from lad_hf.models.hrnet.configuration_hrnet import HRNET_PRESETS
+from lad_hf.models.stdc.configuration_stdc import STDC_PRESETS
 
 
 def convert(name: str, checkpoint: dict, output_dir: str) -> None:

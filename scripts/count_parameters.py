@@ -9,7 +9,7 @@ import argparse
 import torch
 
 from lad_hf import HrnetBackbone, HrnetConfig, LadSegConfig, LadSegForSemanticSegmentation
-from lad_hf.configuration_hrnet import HRNET_PRESETS
+from lad_hf.models.hrnet.configuration_hrnet import HRNET_PRESETS
 
 
 # (name, head, backbone, published millions at 19 classes, what the published count covers)

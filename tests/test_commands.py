@@ -18,8 +18,9 @@ from test_metrics import free_port
 from transformers import AutoModelForSemanticSegmentation
 
 from lad_hf import LadSegConfig, LadSegForSemanticSegmentation
+from lad_hf.benchmark.digit_scenes import DIGIT_SCENES_ID2LABEL, build_digit_scenes
 from lad_hf.cli import main
-from lad_hf.data import DIGIT_SCENES_ID2LABEL, build_digit_scenes, load_segmentation_dataset
+from lad_hf.data import load_segmentation_dataset
 
 
 NUM_LABELS = len(DIGIT_SCENES_ID2LABEL)
@@ -324,7 +325,7 @@ def test_self_distill_saves_the_student_alone(workspace):
 def test_images_smaller_than_the_default_crop_train_at_their_size(workspace, tmp_path):
     from lad_hf.commands.arguments import DataArguments
     from lad_hf.commands.common import load_data
-    from lad_hf.segmentation_config import SegmentationConfig
+    from lad_hf.trainers.segmentation_config import SegmentationConfig
 
     args = SegmentationConfig(output_dir=str(tmp_path / "unused"), report_to="none")
     data_args = DataArguments(dataset_name=str(workspace / "scenes"))

@@ -9,15 +9,14 @@ from datasets import ClassLabel, Dataset, Features, Image, List
 from datasets.distributed import split_dataset_by_node
 from PIL import Image as PILImage
 
-from lad_hf.data import (
+from lad_hf.benchmark.digit_scenes import (
     DIGIT_SCENES_ID2LABEL,
-    SegmentationCollator,
-    SegmentationTransforms,
     build_digit_scenes,
-    label_lookup_table,
-    load_segmentation_dataset,
+    compose_scene,
+    load_mnist_digits,
+    split_digits,
 )
-from lad_hf.data.digit_scenes import compose_scene, load_mnist_digits, split_digits
+from lad_hf.data import SegmentationCollator, SegmentationTransforms, label_lookup_table, load_segmentation_dataset
 
 
 def png(array: np.ndarray, mode: str | None = None) -> dict:

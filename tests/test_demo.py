@@ -5,8 +5,10 @@ import subprocess
 import numpy as np
 import torch
 
-from lad_hf.data import build_digit_scenes
-from lad_hf.demo import RUNS, DemoSettings, image_miou, make_job, plot_predictions
+from lad_hf.benchmark.digit_scenes import build_digit_scenes
+from lad_hf.benchmark.report import plot_predictions
+from lad_hf.benchmark.runs import image_miou, make_job
+from lad_hf.benchmark.settings import RUNS, DemoSettings
 
 
 def test_demo_smoke_and_resume(tmp_path):

@@ -31,8 +31,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lad_hf.data import build_digit_scenes
-from lad_hf.demo import METHOD_RUNS, RUNS, DemoSettings, run_demo
+from lad_hf.benchmark import DemoSettings, build_digit_scenes, run_demo
+from lad_hf.benchmark.settings import METHOD_RUNS, RUNS
 
 
 RECORD = Path(__file__).parent / "data" / "demo_seed0_tiny.json"

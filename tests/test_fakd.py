@@ -16,7 +16,7 @@ from lad_hf import (
     pixel_wise_divergence,
 )
 from lad_hf.data import SegmentationCollator
-from lad_hf.fakd import (
+from lad_hf.distillation.fakd import (
     ClassFeatureCovariance,
     augmentation_variance,
     cosine_ratio,
@@ -149,7 +149,7 @@ def test_distillation_with_fakd_estimates_the_student_covariance_and_bounds_cwd(
 
     trainer = trainers["fakd_cwd"]
     trainer.train()
-    covariance = trainer.feature_covariance
+    covariance = trainer.kd_objective.feature_covariance
     assert covariance.count.sum() > 0 and covariance.covariance.abs().sum() > 0
     width = student.decode_head.classifier.in_channels
     assert covariance.covariance.shape == (3, width, width)
@@ -176,7 +176,7 @@ def test_fakd_features_come_from_the_outputs_or_a_hook_that_is_removed_after_tra
     hooks_during_training = []
     trainer.add_callback(_HookCounter(student.decode_head.classifier, hooks_during_training))
     trainer.train()
-    assert trainer.feature_covariance.count.sum() > 0  # the features reached the covariance estimate
+    assert trainer.kd_objective.feature_covariance.count.sum() > 0  # the features reached the covariance estimate
     assert hooks_during_training == ([0] if student_kind == "lad_seg" else [1])
     assert not student.decode_head.classifier._forward_pre_hooks  # the student keeps no hook
 

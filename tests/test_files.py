@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from lad_hf.files import write_json, write_text
+from lad_hf.utils.files import write_json, write_text
 
 
 def test_outputs_are_written_into_new_folders_with_the_users_file_mode(tmp_path):

@@ -2,6 +2,8 @@
 student and its projection only, any two resolutions, capped memory at 512x1024, CIRKD's memory queues, MasKD's first
 stage, and the trainer around them."""
 
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,10 +19,13 @@ from lad_hf import (
     LadSegForSemanticSegmentation,
     add_label_channel,
 )
-from lad_hf.kd_methods import (
+from lad_hf.distillation import (
+    KD_LOSSES,
     CIRKDObjective,
     ContrastMemory,
+    DistillationObjective,
     IFVDObjective,
+    KDInputs,
     MasKDObjective,
     MaskTokens,
     SKDObjective,
@@ -41,7 +46,7 @@ SMALL_CIRKD = dict(
 
 def objective(method: str, student_channels: int = 6, teacher_channels: int = 10, num_labels: int = K, **options):
     args = DistillationConfig(output_dir="unused", use_cpu=True, kd_loss=method, **options)
-    return args.kd.objective.from_args(args, num_labels, student_channels, teacher_channels)
+    return args.kd.from_args(args, num_labels, student_channels, teacher_channels)
 
 
 def inputs(batch: int = 2, size=(16, 24), student_channels: int = 6, teacher_channels: int = 10, seed: int = 0):
@@ -88,7 +93,7 @@ def test_objectives_vanish_when_the_student_is_the_teacher(method):
     data = inputs(student_channels=10, teacher_channels=10)
     data["student_logits"] = data["teacher_logits"].clone()
     data["student_features"] = data["teacher_features"].clone()
-    terms = module(**data)
+    terms = module(KDInputs(**data))
     for name, value in terms.items():
         if name in ("loss_pixel_memory", "loss_region_memory"):
             continue
@@ -110,7 +115,7 @@ def test_objectives_take_any_resolution_and_differentiate_only_the_student_side(
     data = inputs(size=size)
     data["teacher_logits"].requires_grad_(True)
     data["teacher_features"].requires_grad_(True)
-    terms = module(**data)
+    terms = module(KDInputs(**data))
     assert all(value.ndim == 0 and torch.isfinite(value) for value in terms.values())
     total = sum(terms.values())
     total.backward()
@@ -157,7 +162,7 @@ def test_a_512x1024_batch_never_builds_a_full_affinity(method):
         labels=torch.randint(0, num_labels, (2, 512, 1024)),
     )
     with LargestTensor() as mode:
-        sum(module(**data).values()).backward()
+        sum(module(KDInputs(**data)).values()).backward()
     full_affinity = (2 * height * width) ** 2
     assert mode.largest < full_affinity / 3, mode.largest
     assert pool_to(student_features, 4096, factor=2).shape[-2:].numel() <= 4096
@@ -224,6 +229,11 @@ def test_cirkd_memory_is_capped():
 # -- The trainer around them ----------------------------------------------------------------------------------------
 
 
+def tensors(state: dict) -> dict:
+    """The tensors of a state dict, copied (an objective's state also holds its own optimizer's, as extra state)."""
+    return {k: v.clone() for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
 def lad_teacher():
     torch.manual_seed(1)
     return add_label_channel(LadSegForSemanticSegmentation(tiny_lad_seg_config("psp")), LabelNoiser(K)).eval()
@@ -243,12 +253,14 @@ def test_training_moves_the_student_and_what_trains_with_it_never_the_teacher(tm
     trainer = distill(tmp_path, method, student, logging_steps=1)
     teacher_before = {k: v.clone() for k, v in trainer.teacher.state_dict().items()}
     student_before = {k: v.clone() for k, v in student.state_dict().items()}
-    objective_before = {k: v.clone() for k, v in trainer.kd_objective.state_dict().items()}
+    objective_before = tensors(trainer.kd_objective.state_dict())
     trainer.train()
     assert all(torch.equal(v, trainer.teacher.state_dict()[k]) for k, v in teacher_before.items())
     assert all(p.grad is None for p in trainer.teacher.parameters())
     assert any(not torch.equal(v, student.state_dict()[k]) for k, v in student_before.items())
-    changed = {k for k, v in trainer.kd_objective.state_dict().items() if not torch.equal(v, objective_before[k])}
+    changed = {
+        k for k, v in tensors(trainer.kd_objective.state_dict()).items() if not torch.equal(v, objective_before[k])
+    }
     logged = trainer.state.log_history[-2]
     if method in ("skd", "ifvd"):  # the discriminator trained by its own steps
         assert any(k.startswith("adversarial.discriminator.") for k in changed)
@@ -274,7 +286,7 @@ def test_maskd_first_stage_trains_the_tokens_on_the_frozen_teacher_then_freezes_
     initial = tokens.detach().clone()
     teacher_before = {k: v.clone() for k, v in trainer.teacher.state_dict().items()}
     random_state = torch.random.get_rng_state()
-    trainer.train_mask_tokens()
+    trainer.kd_objective.train_tokens(trainer)
     assert not torch.equal(tokens, initial) and not tokens.requires_grad
     assert torch.equal(torch.random.get_rng_state(), random_state)  # the student's run is not disturbed
     assert all(torch.equal(v, trainer.teacher.state_dict()[k]) for k, v in teacher_before.items())
@@ -289,10 +301,10 @@ def test_a_resumed_maskd_run_takes_its_tokens_from_the_checkpoint(tmp_path, monk
     tokens = trainer.kd_objective.tokens.tokens.detach().clone()
     resumed = distill(tmp_path, "maskd", max_steps=3, save_strategy="steps", save_steps=1)
 
-    def no_first_stage():
+    def no_first_stage(trainer):
         raise AssertionError("the first stage ran again")
 
-    monkeypatch.setattr(resumed, "train_mask_tokens", no_first_stage)
+    monkeypatch.setattr(resumed.kd_objective, "train_tokens", no_first_stage)
     resumed.train(resume_from_checkpoint=True)
     assert torch.equal(resumed.kd_objective.tokens.tokens, tokens)
 
@@ -318,3 +330,86 @@ def test_feature_methods_need_a_classifier_on_both_sides(tmp_path):
             teacher_model=TinySegModel(TinySegConfig(num_labels=K)),
             args=args,
         )
+
+
+# -- A new method is one file and one table entry ---------------------------------------------------------------------
+
+
+class ToyObjective(DistillationObjective):
+    """A method with every part a method may carry: a loss of its own, a parameter trained with the student, a
+    parameter trained by its own optimizer after each step, statistics, and a first stage before training."""
+
+    description = "toy: scaled logits matched by MSE"
+    default_weight, default_temperature = 0.5, 1.0
+    first_stages = 0
+
+    def __init__(self, num_labels: int):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(num_labels))  # trained by the student's optimizer
+        self.own = torch.nn.Parameter(torch.zeros(num_labels))  # trained by the method's own optimizer
+        self.optimizer = torch.optim.SGD([self.own], lr=0.1, momentum=0.9)
+        self.register_buffer("own_steps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("first_stage_done", torch.tensor(False))
+        self._teacher_logits = None
+
+    @classmethod
+    def from_args(cls, args, num_labels, student_channels, teacher_channels):
+        return cls(num_labels)
+
+    def get_extra_state(self):
+        return self.optimizer.state_dict()
+
+    def set_extra_state(self, state):
+        self.optimizer.load_state_dict(state)
+
+    def forward(self, inputs):
+        student = F.interpolate(inputs.student_logits, size=inputs.teacher_logits.shape[-2:], mode="bilinear")
+        self._teacher_logits = inputs.teacher_logits
+        return {"loss_toy": F.mse_loss(student * self.scale[:, None, None], inputs.teacher_logits)}
+
+    def student_parameters(self):
+        return [self.scale]
+
+    def before_training(self, trainer):
+        if not self.first_stage_done:
+            type(self).first_stages += 1
+            self.first_stage_done.fill_(True)
+
+    def after_backward(self, reduce):
+        loss = (self.own[None, :, None, None] - self._teacher_logits.detach()).pow(2).mean()
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        self.own_steps += 1
+        return {"loss_own": loss.detach()}
+
+    def card_settings(self):
+        return {"toy scale": [round(v, 3) for v in self.scale.tolist()]}
+
+
+def test_a_new_method_is_a_class_and_a_table_entry(tmp_path, monkeypatch):
+    monkeypatch.setitem(KD_LOSSES, "toy", ToyObjective)
+    monkeypatch.setattr(ToyObjective, "first_stages", 0)
+    assert DistillationConfig(output_dir=str(tmp_path), use_cpu=True, kd_loss="toy").kd_weight == 0.5
+    student = LadSegForSemanticSegmentation(tiny_lad_seg_config())
+    trainer = distill(tmp_path, "toy", student, max_steps=3, logging_steps=1, save_strategy="steps", save_steps=1)
+    toy = trainer.kd_objective
+    scale, own = toy.scale.detach().clone(), toy.own.detach().clone()
+    trainer.train()
+    assert not torch.equal(toy.scale, scale) and not torch.equal(toy.own, own)
+    assert toy.own_steps == 3 and ToyObjective.first_stages == 1
+    logged = trainer.state.log_history[-2]
+    assert {"loss_task", "loss_kd", "loss_toy", "loss_own"} <= set(logged)
+    trainer.save_model(str(tmp_path / "saved"))
+    assert not {k for k in load_file(tmp_path / "saved" / "model.safetensors") if "scale" in k or "own" in k}
+    trainer.create_model_card()
+    assert "toy scale" in (tmp_path / "README.md").read_text()
+
+    # Resumed from step 2: the method's state as the checkpoint left it, its first stage not run again, its own
+    # optimizer continuing, so that the resumed run repeats the uninterrupted one.
+    shutil.rmtree(tmp_path / "checkpoint-3")
+    resumed = distill(tmp_path, "toy", LadSegForSemanticSegmentation(tiny_lad_seg_config()), max_steps=3)
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.kd_objective.own_steps == 3 and ToyObjective.first_stages == 1
+    torch.testing.assert_close(resumed.kd_objective.own, toy.own, rtol=0, atol=0)
+    torch.testing.assert_close(resumed.kd_objective.scale, toy.scale, rtol=0, atol=0)

@@ -12,8 +12,8 @@ from transformers import (
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
 from lad_hf import LadSegConfig, LadSegForSemanticSegmentation
-from lad_hf.configuration_lad_seg import DECODE_HEADS
-from lad_hf.modeling_lad_seg import HEAD_CLASSES
+from lad_hf.models.lad_seg.configuration_lad_seg import DECODE_HEADS
+from lad_hf.models.lad_seg.modeling_lad_seg import HEAD_CLASSES
 
 
 HEADS = ["fcn", "psp", "aspp", "ocr"]

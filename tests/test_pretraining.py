@@ -6,8 +6,8 @@ import torch
 from transformers import ResNetConfig
 
 from lad_hf import LadSegConfig, LadSegForSemanticSegmentation
-from lad_hf.data.digit_scenes import compose_digit, load_mnist_digits, split_digits
-from lad_hf.pretraining import DigitRenders, pretrain_digit_backbone
+from lad_hf.benchmark.digit_scenes import compose_digit, load_mnist_digits, split_digits
+from lad_hf.benchmark.pretraining import DigitRenders, pretrain_digit_backbone
 
 
 def tiny_backbone() -> ResNetConfig:

@@ -30,10 +30,10 @@ from lad_hf.commands.arguments import (
     ModelArguments,
     parse_arguments,
 )
-from lad_hf.configuration_lad_seg import RESNET_BACKBONES
 from lad_hf.data import PRESETS
-from lad_hf.modeling_sdes import SelfDecouplingStudent
-from lad_hf.self_distillation_config import SelfDistillationConfig
+from lad_hf.distillation.sdes import SelfDecouplingStudent
+from lad_hf.models.lad_seg.configuration_lad_seg import RESNET_BACKBONES
+from lad_hf.trainers.self_distillation_config import SelfDistillationConfig
 
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -167,7 +167,7 @@ def test_recipe_parses_with_paper_values(path):
         assert args.kd_loss == "cwd" and args.kd_weight == 3.0 and args.kd_temperature == 4.0  # CWD, beta (Sec. 4.1)
     if parts["kind"] in COMPARISON_METHODS:  # their code's weights, inside the objective
         assert args.kd_loss == parts["kind"] and args.kd_weight == 1.0 and args.kd_temperature == 1.0
-        assert args.kd_weight == args.kd.weight and args.kd_temperature == args.kd.temperature
+        assert args.kd_weight == args.kd.default_weight and args.kd_temperature == args.kd.default_temperature
     if parts["kind"] == "cirkd":
         assert (args.cirkd_pixel_memory_size, args.cirkd_region_memory_size) == (20000, 2000)
         assert (args.cirkd_pixel_contrast_size, args.cirkd_region_contrast_size) == (4096, 1024)

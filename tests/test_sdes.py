@@ -7,8 +7,9 @@ import torch
 from conftest import random_samples, tiny_lad_seg_config, trainer_args
 
 from lad_hf import LadSegForSemanticSegmentation
-from lad_hf.self_distillation_config import SelfDistillationConfig
-from lad_hf.self_distillation_trainer import SelfDistillationTrainer, feature_ensemble
+from lad_hf.distillation.sdes import feature_ensemble
+from lad_hf.trainers import SelfDistillationTrainer
+from lad_hf.trainers.self_distillation_config import SelfDistillationConfig
 
 
 @pytest.mark.parametrize("head", ["aspp", "psp"])

@@ -2,8 +2,8 @@ import json
 import subprocess
 from dataclasses import replace
 
-from lad_hf.data import build_digit_scenes
-from lad_hf.study import TABLE8, TABLE9, StudySettings, plan
+from lad_hf.benchmark.digit_scenes import build_digit_scenes
+from lad_hf.benchmark.study import TABLE8, TABLE9, StudySettings, plan
 
 
 def test_plan_runs_teachers_and_students_alone_before_distilled_students():

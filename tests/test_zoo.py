@@ -20,9 +20,9 @@ from lad_hf import (
     add_label_channel,
     build_teacher_inputs,
 )
-from lad_hf.configuration_hrnet import HRNET_PRESETS
-from lad_hf.configuration_stdc import STDC_PRESETS
-from lad_hf.losses import boundary_targets, detail_aggregation_loss
+from lad_hf.models.hrnet.configuration_hrnet import HRNET_PRESETS
+from lad_hf.models.losses import boundary_targets, detail_aggregation_loss
+from lad_hf.models.stdc.configuration_stdc import STDC_PRESETS
 
 
 def test_stdc_backbone_stages_and_strides():

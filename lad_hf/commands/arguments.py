@@ -10,10 +10,10 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser
 
-from ..distillation_config import DistillationConfig
-from ..lad_teacher_config import LadTeacherConfig
-from ..noising import LabelNoiser
-from ..self_distillation_config import SelfDistillationConfig
+from ..label_channel.noising import LabelNoiser
+from ..trainers.distillation_config import DistillationConfig
+from ..trainers.lad_teacher_config import LadTeacherConfig
+from ..trainers.self_distillation_config import SelfDistillationConfig
 
 
 __all__ = [

@@ -6,12 +6,12 @@ from pathlib import Path
 from transformers import AutoImageProcessor, PreTrainedModel
 from transformers.utils import logging
 
-from ..checkpoints import last_complete_checkpoint
-from ..configuration_lad_seg import LadSegConfig
 from ..data import PRESETS, SegmentationTransforms, dataset_id2label, load_segmentation_dataset
 from ..hub import check_hub_ids, load_segmentation_model
-from ..modeling_lad_seg import LadSegForSemanticSegmentation
-from ..segmentation_config import SegmentationConfig
+from ..models.lad_seg.configuration_lad_seg import LadSegConfig
+from ..models.lad_seg.modeling_lad_seg import LadSegForSemanticSegmentation
+from ..trainers.segmentation_config import SegmentationConfig
+from ..utils.checkpoints import last_complete_checkpoint
 from .arguments import DataArguments, ModelArguments
 
 

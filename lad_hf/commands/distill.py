@@ -4,9 +4,9 @@ lad-hf distill --config configs/cityscapes_deeplabv3_r18_distill.yaml
 accelerate launch scripts/distill.py --config configs/cityscapes_deeplabv3_r18_distill.yaml
 """
 
-from ..distillation_config import DistillationConfig
-from ..distillation_trainer import DistillationTrainer
 from ..lora import dinov2_lora_config
+from ..trainers.distillation_config import DistillationConfig
+from ..trainers.distillation_trainer import DistillationTrainer
 from .arguments import DataArguments, LoraArguments, ModelArguments, parse_arguments
 from .train import train_model
 

@@ -11,11 +11,11 @@ from dataclasses import fields
 from ..data import SegmentationCollator
 from ..hub import load_segmentation_model
 from ..inference import TTASegmenter
-from ..lad_teacher_config import LadTeacherConfig
-from ..lad_teacher_trainer import LadTeacherTrainer
-from ..noising import is_lad_teacher
-from ..segmentation_config import SegmentationConfig
-from ..segmentation_trainer import SegmentationTrainer
+from ..label_channel.noising import is_lad_teacher
+from ..trainers.lad_teacher_config import LadTeacherConfig
+from ..trainers.lad_teacher_trainer import LadTeacherTrainer
+from ..trainers.segmentation_config import SegmentationConfig
+from ..trainers.segmentation_trainer import SegmentationTrainer
 from .arguments import DataArguments, InferenceArguments, ModelArguments, parse_arguments
 from .common import check_run_hub_ids, load_data, load_image_processor
 

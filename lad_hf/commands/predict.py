@@ -16,11 +16,11 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from ..data import SegmentationTransforms
-from ..files import atomic_path
 from ..hub import check_hub_ids, load_segmentation_model
 from ..inference import segment
-from ..noising import is_lad_teacher
-from ..visualization import class_palette, overlay
+from ..label_channel.noising import is_lad_teacher
+from ..utils.files import atomic_path
+from ..utils.visualization import class_palette, overlay
 from .arguments import InferenceArguments, PredictArguments, parse_arguments
 from .common import load_image_processor
 

@@ -4,8 +4,8 @@ lad-hf self-distill --config configs/cityscapes_deeplabv3_r18_sdes.yaml
 accelerate launch scripts/self_distill.py --config configs/cityscapes_deeplabv3_r18_sdes.yaml
 """
 
-from ..self_distillation_config import SelfDistillationConfig
-from ..self_distillation_trainer import SelfDistillationTrainer
+from ..trainers.self_distillation_config import SelfDistillationConfig
+from ..trainers.self_distillation_trainer import SelfDistillationTrainer
 from .arguments import DataArguments, ModelArguments, parse_arguments
 from .train import train_model
 

@@ -5,8 +5,8 @@ accelerate launch scripts/train.py --config configs/cityscapes_deeplabv3_r18_bas
 """
 
 from ..data import SegmentationCollator
-from ..segmentation_config import SegmentationConfig
-from ..segmentation_trainer import SegmentationTrainer
+from ..trainers.segmentation_config import SegmentationConfig
+from ..trainers.segmentation_trainer import SegmentationTrainer
 from .arguments import DataArguments, ModelArguments, parse_arguments
 from .common import (
     build_model,

@@ -6,10 +6,10 @@ accelerate launch scripts/train_teacher.py --config configs/cityscapes_deeplabv3
 
 from transformers.utils import logging
 
-from ..label_channel import add_label_channel
-from ..lad_teacher_config import LadTeacherConfig
-from ..lad_teacher_trainer import LadTeacherTrainer
-from ..noising import is_lad_teacher
+from ..label_channel.noising import is_lad_teacher
+from ..label_channel.teacher import add_label_channel
+from ..trainers.lad_teacher_config import LadTeacherConfig
+from ..trainers.lad_teacher_trainer import LadTeacherTrainer
 from .arguments import DataArguments, LabelChannelArguments, ModelArguments, parse_arguments
 from .train import train_model
 

@@ -1,20 +1,23 @@
-"""Segmentation data: loading from the Hub or local files, transforms, and the built-in digit-scenes benchmark."""
+"""Segmentation data: loading from the Hub or local files, the paper's dataset presets, and transforms."""
 
-from .digit_scenes import DIGIT_SCENES_ID2LABEL, build_digit_scenes
 from .loading import dataset_id2label, find_id2label, label_lookup_table, load_segmentation_dataset
 from .presets import PRESETS, SegmentationPreset
 from .transforms import SegmentationCollator, SegmentationTransforms
 
 
 __all__ = [
-    "DIGIT_SCENES_ID2LABEL",
     "PRESETS",
     "SegmentationCollator",
     "SegmentationPreset",
     "SegmentationTransforms",
-    "build_digit_scenes",
     "dataset_id2label",
     "find_id2label",
     "label_lookup_table",
     "load_segmentation_dataset",
 ]
+
+
+def __getattr__(name: str):  # the digit-scenes benchmark moved to lad_hf.benchmark
+    from .._compat import moved_attribute
+
+    return moved_attribute(__name__, name)

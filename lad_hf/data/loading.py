@@ -23,7 +23,7 @@ from PIL import UnidentifiedImageError
 from transformers.utils import logging
 
 from ..hub import check_local_path, is_hub_id, not_found_error
-from ..labels import check_labels
+from ..utils.labels import check_labels
 from .presets import PRESETS, SegmentationPreset
 from .transforms import SegmentationTransforms
 
