@@ -57,20 +57,8 @@ def test_a_run_interrupted_under_0_1_resumes_with_its_methods_state(tmp_path, kd
     torch.manual_seed(0)
     teacher = add_label_channel(LadSegForSemanticSegmentation(tiny_lad_seg_config("psp")), LabelNoiser(3))
     student = LadSegForSemanticSegmentation(tiny_lad_seg_config("aspp"))
-    args = trainer_args(
-        DistillationConfig,
-        output_dir,
-        kd_loss=kd_loss,
-        max_steps=4,
-        per_device_train_batch_size=4,
-        save_strategy="steps",
-        save_steps=2,
-        maskd_mask_steps=3,
-        cirkd_pixel_memory_size=16,
-        cirkd_region_memory_size=4,
-        cirkd_pixel_contrast_size=8,
-        cirkd_region_contrast_size=2,
-    )
+    settings = json.loads((OLD / "interrupted" / "settings.json").read_text())
+    args = trainer_args(DistillationConfig, output_dir, kd_loss=kd_loss, **settings)
     trainer = DistillationTrainer(
         model=student, teacher_model=teacher.eval(), args=args, train_dataset=random_samples()
     )

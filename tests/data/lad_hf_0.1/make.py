@@ -32,7 +32,7 @@ from lad_hf import (
 
 
 HERE = Path(__file__).parent
-assert lad_hf.__version__ == "0.1.0" and not (Path(lad_hf.__file__).parent / "distillation").exists(), lad_hf.__file__
+assert (Path(lad_hf.__file__).parent / "kd_methods.py").exists(), f"lad_hf 0.1 must come first, not {lad_hf.__file__}"
 
 
 def models() -> dict:
@@ -65,27 +65,27 @@ def save_models() -> None:
     save_file(tensors, HERE / "logits.safetensors")
 
 
+# The interrupted runs' settings, which `tests/test_compat.py` reads back (`interrupted/settings.json`).
+RUN_SETTINGS = dict(
+    max_steps=4,
+    per_device_train_batch_size=4,
+    save_strategy="steps",
+    save_steps=2,
+    maskd_mask_steps=3,
+    cirkd_pixel_memory_size=16,
+    cirkd_region_memory_size=4,
+    cirkd_pixel_contrast_size=8,
+    cirkd_region_contrast_size=2,
+)
+
+
 def save_checkpoints() -> None:
     for kd_loss in ("fakd_cwd", "cirkd", "maskd"):
         torch.manual_seed(0)
         teacher = add_label_channel(LadSegForSemanticSegmentation(tiny_lad_seg_config("psp")), LabelNoiser(3))
         student = LadSegForSemanticSegmentation(tiny_lad_seg_config("aspp"))
         output_dir = HERE / "interrupted" / kd_loss
-        args = trainer_args(
-            DistillationConfig,
-            output_dir,
-            kd_loss=kd_loss,
-            max_steps=4,
-            per_device_train_batch_size=4,
-            save_strategy="steps",
-            save_steps=2,
-            save_only_model=False,
-            maskd_mask_steps=3,
-            cirkd_pixel_memory_size=16,
-            cirkd_region_memory_size=4,
-            cirkd_pixel_contrast_size=8,
-            cirkd_region_contrast_size=2,
-        )
+        args = trainer_args(DistillationConfig, output_dir, kd_loss=kd_loss, **RUN_SETTINGS)
         DistillationTrainer(
             model=student, teacher_model=teacher.eval(), args=args, train_dataset=random_samples()
         ).train()
@@ -114,4 +114,5 @@ if __name__ == "__main__":
     save_names()
     save_models()
     save_checkpoints()
+    (HERE / "interrupted" / "settings.json").write_text(json.dumps(RUN_SETTINGS, indent=1) + "\n")
     print("written to", HERE, file=sys.stderr)
