@@ -89,13 +89,11 @@ class DistillationObjective(nn.Module):
         """Raise a clear error before training where these inputs cannot be distilled (other classes, sizes that do not
         resize, features that are not maps of the batch). Called by the preflight: it changes nothing."""
         pixel_wise_divergence(inputs.student_logits, inputs.teacher_logits)
-        features = (inputs.student_features, inputs.teacher_features)
-        if all(f is not None for f in features) and (
-            features[0].shape[0] != features[1].shape[0] or features[0].ndim != 4
-        ):
+        student, teacher = inputs.student_features, inputs.teacher_features
+        if student is not None and teacher is not None and (student.shape[0] != teacher.shape[0] or student.ndim != 4):
             raise ValueError(
-                f"The student's classifier features {tuple(features[0].shape)} and the teacher's "
-                f"{tuple(features[1].shape)} are not both (batch, channels, height, width) maps of the same batch."
+                f"The student's classifier features {tuple(student.shape)} and the teacher's {tuple(teacher.shape)} "
+                "are not both (batch, channels, height, width) maps of the same batch."
             )
 
     def student_parameters(self) -> list[nn.Parameter]:
