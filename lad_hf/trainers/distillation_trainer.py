@@ -15,7 +15,7 @@ from ..lora import apply_lora
 from ..models.lad_seg.modeling_lad_seg import LadSegPreTrainedModel
 from ..models.losses import detail_aggregation_loss, segmentation_cross_entropy
 from .distillation_config import DistillationConfig
-from .segmentation_trainer import TRAINING_STATE_NAME, SegmentationTrainer
+from .segmentation_trainer import SegmentationTrainer
 
 
 __all__ = ["DistillationTrainer"]
@@ -185,6 +185,7 @@ class DistillationTrainer(SegmentationTrainer):
         ).to(self.args.device)
         if self.kd_objective.student_parameters():
             self.add_callback(_ZeroGradients(self.kd_objective.student_parameters()))
+        self._restored_from = None  # the checkpoint whose training state the method holds
 
     @staticmethod
     def _save_lora_base(model: PreTrainedModel, args: DistillationConfig) -> PreTrainedModel:
@@ -229,7 +230,7 @@ class DistillationTrainer(SegmentationTrainer):
         # left it, and data and models that passed the preflight.
         self.preflight()
         if resume_from_checkpoint:
-            self._load_objective_state(resume_from_checkpoint)
+            self.restore_training_state(resume_from_checkpoint)
         self.kd_objective.before_training(self)
         hook = contextlib.nullcontext()
         if self.args.kd.reads_student_features and not self.student_returns_features:
@@ -340,10 +341,13 @@ class DistillationTrainer(SegmentationTrainer):
             )
         self.kd_objective.load_state_dict(state)
 
-    def _load_objective_state(self, checkpoint: str) -> None:
-        path = os.path.join(checkpoint, TRAINING_STATE_NAME)
-        if os.path.isfile(path):
-            self.load_training_state(torch.load(path, map_location=self.args.device, weights_only=True))
+    def restore_training_state(self, checkpoint: str) -> None:
+        # `train` restores the method's state before its `before_training`; the Trainer's own resume, which follows,
+        # would read the same file again (CIRKD's memory can take 512 MB).
+        if checkpoint == self._restored_from:
+            return
+        super().restore_training_state(checkpoint)
+        self._restored_from = checkpoint
 
     # -- What the methods train besides the student -------------------------------------------------------------------
 

@@ -345,8 +345,13 @@ class SegmentationTrainer(Trainer):
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
-        path = os.path.join(checkpoint, TRAINING_STATE_NAME) if checkpoint is not None else None
-        if path is not None and os.path.isfile(path):
+        if checkpoint is not None:
+            self.restore_training_state(checkpoint)
+
+    def restore_training_state(self, checkpoint: str) -> None:
+        """`load_training_state` from what `checkpoint` holds beside the optimizer's state, if anything."""
+        path = os.path.join(checkpoint, TRAINING_STATE_NAME)
+        if os.path.isfile(path):
             self.load_training_state(torch.load(path, map_location=self.args.device, weights_only=True))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
