@@ -7,7 +7,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from .losses import pixel_wise_divergence
+from .losses import match_teacher
 
 
 __all__ = ["DistillationObjective", "KDInputs"]
@@ -88,7 +88,7 @@ class DistillationObjective(nn.Module):
     def check(self, inputs: KDInputs) -> None:
         """Raise a clear error before training where these inputs cannot be distilled (other classes, sizes that do not
         resize, features that are not maps of the batch). Called by the preflight: it changes nothing."""
-        pixel_wise_divergence(inputs.student_logits, inputs.teacher_logits)
+        match_teacher(inputs.student_logits, inputs.teacher_logits)  # the same classes, sizes that resize
         student, teacher = inputs.student_features, inputs.teacher_features
         if student is not None and teacher is not None and (student.shape[0] != teacher.shape[0] or student.ndim != 4):
             raise ValueError(
